@@ -1,0 +1,374 @@
+"""Named datasets as uint8 tensors, a cache, the loud offline fallback, and device-resident batches.
+
+Datasets load once into a :class:`ImageDataset` of uint8 tensors ``[N, 3, H, W]``
+(plus int64 labels) and are cached as one ``.pt`` file under :func:`sslcourse.data_dir`.
+CIFAR-10 and STL-10 come through torchvision's own download code; image folders
+through :class:`torchvision.datasets.ImageFolder`. With no network and no cache,
+:func:`load_dataset` falls back to the embedded dataset of :mod:`sslcourse.embedded`
+and says so loudly.
+
+Training then never touches a Python data loader: :class:`DeviceBatches` keeps the
+whole uint8 set on the training device and serves batches by indexing a per-epoch
+permutation (the airbench approach: Jordan 2024, ``cifar10-airbench``).
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from . import embedded
+from .budget import Budget, choose_budget
+from .runtime import data_dir
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+EMBEDDED_TRAIN, EMBEDDED_TEST = 10_000, 2_000
+_CACHE_VERSION = 1
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, corrupted or not what was asked for."""
+
+
+@dataclass
+class ImageDataset:
+    """A labelled image dataset held as uint8 tensors on the CPU.
+
+    Attributes:
+        name: e.g. ``"cifar10"`` or ``"embedded"``.
+        train_x, test_x: uint8 ``[N, 3, H, W]``.
+        train_y, test_y: int64 ``[N]``.
+        classes: class names, in label order.
+        note: where it came from (and, after a fallback, why).
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    note: str = ""
+    mean: tuple[float, float, float] = field(init=False)
+    std: tuple[float, float, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        for part in ("train_x", "test_x"):
+            x = getattr(self, part)
+            if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+                raise DatasetError(f"{self.name}.{part}: expected uint8 [N, 3, H, W], got {x.dtype} {tuple(x.shape)}.")
+        for xs, ys in ((self.train_x, self.train_y), (self.test_x, self.test_y)):
+            if len(xs) != len(ys):
+                raise DatasetError(f"{self.name}: {len(xs)} images but {len(ys)} labels.")
+        # A strided sample: some archives are sorted by class, so a prefix would be biased.
+        sample = self.train_x[:: max(1, len(self.train_x) // 10_000)].float().div_(255)
+        self.mean = tuple(sample.mean(dim=(0, 2, 3)).tolist())
+        self.std = tuple(sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+    def subset(self, train_images: int | None, test_images: int | None) -> "ImageDataset":
+        """The first ``train_images`` / ``test_images`` of a class-balanced order (``None`` keeps all)."""
+        def pick(x, y, n):
+            if n is None or n >= len(y):
+                return x, y
+            # Interleave classes so that any prefix is (nearly) balanced, deterministically.
+            order = torch.argsort(_rank_within_class(y) * (int(y.max()) + 1) + y, stable=True)[:n]
+            order = order.sort().values
+            return x[order], y[order]
+        tx, ty = pick(self.train_x, self.train_y, train_images)
+        vx, vy = pick(self.test_x, self.test_y, test_images)
+        return ImageDataset(self.name, tx, ty, vx, vy, self.classes, self.note)
+
+    def __repr__(self) -> str:
+        return (f"ImageDataset({self.name}: {len(self.train_y):,} train / {len(self.test_y):,} test images, "
+                f"{self.image_size}×{self.image_size}, {self.num_classes} classes)")
+
+
+def _rank_within_class(y: torch.Tensor) -> torch.Tensor:
+    """For each label, its occurrence index among labels of the same class."""
+    rank = torch.empty_like(y)
+    for c in y.unique():
+        where = (y == c).nonzero().flatten()
+        rank[where] = torch.arange(len(where))
+    return rank
+
+
+# ---------------------------------------------------------------- caching
+
+def _cache_path(name: str, root: Path) -> Path:
+    return root / f"{name}.v{_CACHE_VERSION}.pt"
+
+
+def _save_cache(data: ImageDataset, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"name": data.name, "train_x": data.train_x, "train_y": data.train_y, "test_x": data.test_x,
+                "test_y": data.test_y, "classes": list(data.classes), "note": data.note}, tmp)
+    os.replace(tmp, path)  # atomic: an interrupted save never leaves a half-written cache
+
+
+def _load_cache(path: Path) -> ImageDataset:
+    try:
+        blob = torch.load(path, weights_only=True)
+        return ImageDataset(blob["name"], blob["train_x"], blob["train_y"], blob["test_x"], blob["test_y"],
+                            list(blob["classes"]), blob["note"])
+    except Exception as error:
+        first_line = (str(error).strip().splitlines() or [""])[0][:120]
+        raise DatasetError(f"The dataset cache {path} is corrupted ({type(error).__name__}: {first_line}). "
+                           f"Delete it and run again to rebuild it.") from error
+
+
+# ---------------------------------------------------------------- named datasets
+
+def load_cifar10(root: Path | str | None = None, download: bool = True) -> ImageDataset:
+    """CIFAR-10 (Krizhevsky, 2009) through :class:`torchvision.datasets.CIFAR10`: 50,000 / 10,000 images, 32×32."""
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root) if root is not None else data_dir()
+    parts = [CIFAR10(str(root), train=train, download=download) for train in (True, False)]
+    to_x = lambda d: torch.from_numpy(np.asarray(d.data)).permute(0, 3, 1, 2).contiguous()
+    to_y = lambda d: torch.tensor(d.targets, dtype=torch.long)
+    return ImageDataset("cifar10", to_x(parts[0]), to_y(parts[0]), to_x(parts[1]), to_y(parts[1]),
+                        list(parts[0].classes), note=f"CIFAR-10 from {root}")
+
+
+def load_stl10(root: Path | str | None = None, download: bool = True, size: int = 32) -> ImageDataset:
+    """STL-10 (Coates et al., 2011) labelled splits through :class:`torchvision.datasets.STL10`, resized to ``size``."""
+    from torchvision.datasets import STL10
+
+    root = Path(root) if root is not None else data_dir()
+    parts = [STL10(str(root), split=split, download=download) for split in ("train", "test")]
+
+    def to_x(d):
+        x = torch.from_numpy(np.asarray(d.data))
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True)
+            x = x.round().clamp(0, 255).to(torch.uint8)
+        return x.contiguous()
+
+    return ImageDataset("stl10", to_x(parts[0]), torch.from_numpy(parts[0].labels).long(), to_x(parts[1]),
+                        torch.from_numpy(parts[1].labels).long(), list(parts[0].classes), note=f"STL-10 from {root}")
+
+
+def load_image_folder(path: Path | str, size: int = 32) -> ImageDataset:
+    """Images in class folders, read by :class:`torchvision.datasets.ImageFolder` and resized to ``size``×``size``.
+
+    ``path`` holds ``train/<class>/*`` and ``test/<class>/*`` (or just ``<class>/*``, then the
+    last 20% of each class becomes the test split).
+    """
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"Expected an image folder at {path}, found nothing there.")
+    to_tensor = transforms.Compose([transforms.Resize((size, size)), transforms.PILToTensor()])
+
+    def read(folder):
+        ds = ImageFolder(str(folder), transform=to_tensor)
+        x = torch.stack([ds[i][0] for i in range(len(ds))]) if len(ds) else torch.empty(0, 3, size, size, dtype=torch.uint8)
+        return x, torch.tensor(ds.targets, dtype=torch.long), ds.classes
+
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        tx, ty, classes = read(path / "train")
+        vx, vy, test_classes = read(path / "test")
+        if test_classes != classes:
+            raise DatasetError(f"{path}: train classes {classes} differ from test classes {test_classes}.")
+    else:
+        x, y, classes = read(path)
+        rank = _rank_within_class(y)
+        counts = torch.bincount(y)[y]
+        is_test = rank >= (counts * 0.8).long()
+        tx, ty, vx, vy = x[~is_test], y[~is_test], x[is_test], y[is_test]
+    return ImageDataset(f"folder:{path.name}", tx, ty, vx, vy, classes, note=f"image folder {path}")
+
+
+def load_cifar10_npz(path: Path | str) -> ImageDataset:
+    """CIFAR-10 from the course's JPEG archive (``cifar10-jpeg.npz``: concatenated JPEGs plus offsets)."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"Expected the CIFAR-10 JPEG archive at {path}, found no file.")
+    with np.load(path) as blob:
+        def decode(split):
+            jpeg, offsets = blob[f"{split}_jpeg"], blob[f"{split}_offsets"]
+            images = np.stack([np.asarray(Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
+                               for i in range(len(offsets) - 1)])
+            return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(blob[f"{split}_labels"]).long()
+        tx, ty = decode("train")
+        vx, vy = decode("test")
+        classes = [str(c) for c in blob["classes"]]
+    return ImageDataset("cifar10", tx, ty, vx, vy, classes, note=f"CIFAR-10 JPEG archive {path}")
+
+
+def embedded_digits(n_train: int = EMBEDDED_TRAIN, n_test: int = EMBEDDED_TEST, seed: int = 0) -> ImageDataset:
+    """The embedded offline dataset (see :mod:`sslcourse.embedded`): colour digits over blurred photographs."""
+    tx, ty = embedded.generate(n_train, "train", seed)
+    vx, vy = embedded.generate(n_test, "test", seed)
+    return ImageDataset("embedded", tx, ty, vx, vy, list(embedded.CLASSES),
+                        note="embedded digits (built offline from fonts and photographs shipped with installed packages)")
+
+
+# ---------------------------------------------------------------- choosing one
+
+def _cached_or_built(name: str, build: Callable[[], ImageDataset], root: Path) -> ImageDataset:
+    path = _cache_path(name, root)
+    if path.exists():
+        return _load_cache(path)
+    data = build()
+    try:
+        _save_cache(data, path)
+    except OSError:  # a read-only data folder only costs speed, never the run
+        pass
+    return data
+
+
+def _embedded(budget: Budget, root: Path) -> ImageDataset:
+    full = _cache_path("embedded", root)
+    if budget.name == "smoke" and not full.exists():
+        # Smoke runs need only a few images: draw just those (each image has its own seed, so
+        # they equal the first images of the full set) and cache them on their own.
+        n_train, n_test = budget.train_images, budget.test_images
+        return _cached_or_built(f"embedded-{n_train}-{n_test}", lambda: embedded_digits(n_train, n_test), root)
+    return _cached_or_built("embedded", embedded_digits, root)
+
+
+def load_dataset(name: str = "auto", budget: Budget | None = None, verbose: bool = True,
+                 root: Path | str | None = None) -> ImageDataset:
+    """Load a dataset by name and cut it to the budget's size.
+
+    Names: ``auto``, ``embedded``, ``cifar10``, ``stl10``, ``folder:<path>``, ``npz:<path>``.
+    ``auto`` (or ``SSLCOURSE_DATASET``) means: the embedded set under the smoke preset; otherwise
+    CIFAR-10 from the cache or torchvision's download, and if that fails, the embedded set, loudly.
+    """
+    budget = budget or choose_budget()
+    root = Path(root) if root is not None else data_dir()
+    name = os.environ.get("SSLCOURSE_DATASET", name) if name == "auto" else name
+    say = print if verbose else (lambda *a, **k: None)
+
+    if name == "auto" and budget.offline_only:
+        name = "embedded"
+    if name == "auto":
+        try:
+            data = _cached_or_built("cifar10", lambda: load_cifar10(root, download=True), root)
+        except Exception as error:  # no network, a broken mirror, a full disk: the course goes on
+            reason = f"{type(error).__name__}: {str(error)[:160]}"
+            say("=" * 78)
+            say("sslcourse: CIFAR-10 is not available, so this notebook uses the EMBEDDED dataset")
+            say(f"  (colour digits over photographs, built offline). Reason: {reason}")
+            say(f"  To use CIFAR-10, connect to the internet or place the dataset in {root}, then rerun.")
+            say("=" * 78)
+            data = _embedded(budget, root)
+            data.note += f"; fallback because CIFAR-10 failed to load ({reason})"
+    elif name == "embedded":
+        data = _embedded(budget, root)
+    elif name == "cifar10":
+        data = _cached_or_built("cifar10", lambda: load_cifar10(root, download=not budget.offline_only), root)
+    elif name == "stl10":
+        data = _cached_or_built("stl10", lambda: load_stl10(root, download=not budget.offline_only), root)
+    elif name.startswith("folder:"):
+        data = load_image_folder(name.split(":", 1)[1])
+    elif name.startswith("npz:"):
+        data = load_cifar10_npz(name.split(":", 1)[1])
+    else:
+        raise DatasetError(f"Unknown dataset {name!r}: expected auto, embedded, cifar10, stl10, folder:<path> or npz:<path>.")
+
+    data = data.subset(budget.train_images, budget.test_images)
+    say(f"sslcourse: dataset {data!r} — {data.note}")
+    return data
+
+
+# ---------------------------------------------------------------- batches on the device
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` → float32 in [0, 1]."""
+    if x.dtype != torch.uint8:
+        raise TypeError(f"to_float expects uint8 images, got {x.dtype}.")
+    return x.float().div_(255)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Per-channel ``(x - mean) / std`` for float ``[B, C, H, W]``."""
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+class DeviceBatches:
+    """Serve a uint8 image set from the training device, one shuffled batch at a time.
+
+    The whole set lives on ``device`` once (CIFAR-10 is 150 MB as uint8), so a batch is one
+    indexing operation plus augmentation on the device: no worker processes, no PIL.
+
+    Args:
+        images: uint8 ``[N, 3, H, W]``.  labels: int64 ``[N]``.
+        augment: ``augment(x01, generator) -> x01``, applied per view with per-sample randomness.
+        views: 1 yields ``(x, y)``; 2 yields ``((x1, x2), y)``, two independent augmentations of each image.
+        mean, std: per-channel normalisation applied last (``None``: leave in [0, 1]).
+        seed: the permutation and augmentation of epoch ``e`` depend only on ``(seed, e)``, so an epoch
+            can be replayed exactly (this is what makes checkpoint/resume exact).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device | str,
+                 *, augment: Callable | None = None, views: int = 1, mean=None, std=None, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = True):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise TypeError(f"DeviceBatches expects uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}.")
+        if len(images) != len(labels):
+            raise ValueError(f"DeviceBatches: {len(images)} images but {len(labels)} labels.")
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, got {views}.")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size = min(batch_size, len(images)) if not drop_last else batch_size
+        if drop_last and len(images) < batch_size:
+            raise ValueError(f"DeviceBatches: batch_size {batch_size} is larger than the {len(images)} images "
+                             f"with drop_last=True: no batch would be served.")
+        self.augment, self.views, self.mean, self.std = augment, views, mean, std
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def generator(self, epoch: int) -> torch.Generator:
+        """The random stream of one epoch, on the loader's device."""
+        return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch)
+
+    def _view(self, x_uint8: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = to_float(x_uint8)
+        if self.augment is not None:
+            x = self.augment(x, generator)
+        if self.mean is not None:
+            x = normalize(x, self.mean, self.std)
+        return x
+
+    def epoch(self, epoch: int = 0) -> Iterator:
+        """Yield the batches of epoch ``epoch``: ``(x, y)`` or ``((x1, x2), y)``."""
+        g = self.generator(epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, device=self.device, generator=g) if self.shuffle else torch.arange(n, device=self.device)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x, y = self.images[idx], self.labels[idx]
+            if self.views == 1:
+                yield self._view(x, g), y
+            else:
+                yield (self._view(x, g), self._view(x, g)), y
+
+    def __iter__(self) -> Iterator:
+        return self.epoch(0)
