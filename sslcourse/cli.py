@@ -1,0 +1,77 @@
+"""The ``sslcourse`` command.
+
+    sslcourse doctor              what this machine will run: versions, device, preset, data
+    sslcourse data [NAME]         fetch or build a dataset into the cache (cifar10, stl10, embedded)
+    sslcourse data --import PATH  cache CIFAR-10 from a folder of images or a cifar10-jpeg.npz archive
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+
+def doctor() -> int:
+    import torch
+    import torchvision
+
+    from .budget import choose_budget
+    from .data import _cache_path
+    from .runtime import choose_device, data_dir, results_dir
+
+    print(f"python       {platform.python_version()} ({sys.executable})")
+    print(f"torch        {torch.__version__}   torchvision {torchvision.__version__}")
+    for name in ("ipywidgets", "jupyterlab", "nbgrader"):
+        try:
+            module = __import__(name)
+            print(f"{name:<12} {getattr(module, '__version__', '?')}")
+        except ImportError:
+            print(f"{name:<12} not installed")
+    device = choose_device()
+    print(f"device       {device}" + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""))
+    print(f"threads      {torch.get_num_threads()}")
+    print(f"{choose_budget()}")
+    print(f"data dir     {data_dir()}")
+    for name in ("cifar10", "stl10", "embedded"):
+        path = _cache_path(name, data_dir())
+        print(f"  {name:<10} {'cached' if path.exists() else 'not cached'} ({path.name})")
+    print(f"results dir  {results_dir()}")
+    return 0
+
+
+def data(name: str, source: str | None) -> int:
+    from .budget import make_budget
+    from .data import _cache_path, _save_cache, load_cifar10_npz, load_dataset, load_image_folder
+    from .runtime import data_dir
+
+    if source is not None:
+        path = Path(source)
+        dataset = load_cifar10_npz(path) if path.suffix == ".npz" else load_image_folder(path)
+        dataset.name = name
+        _save_cache(dataset, _cache_path(name, data_dir()))
+        print(f"cached {dataset!r} as '{name}' in {data_dir()}")
+        return 0
+    budget = make_budget("gpu", "sslcourse data")  # the full dataset, downloads allowed
+    dataset = load_dataset(name, budget=budget)
+    print(f"ready: {dataset!r}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sslcourse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="show versions, device, budget preset and cached data")
+    p = sub.add_parser("data", help="download or build a dataset into the cache")
+    p.add_argument("name", nargs="?", default="cifar10", choices=["cifar10", "stl10", "embedded"])
+    p.add_argument("--import", dest="source", metavar="PATH",
+                   help="cache this image folder (train/<class>/..., test/<class>/...) or .npz archive instead of downloading")
+    args = parser.parse_args(argv)
+    if args.command == "doctor":
+        return doctor()
+    return data(args.name, args.source)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
