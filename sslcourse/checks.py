@@ -123,6 +123,9 @@ def needs(fn: Callable, purpose: str) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except NotImplementedError as error:
+            raise NotImplementedError(f"{purpose} needs your {fn.__name__}, which is not implemented yet: "
+                                      f"complete that exercise first, then run this cell again.") from error
         except Exception as error:
             raise RuntimeError(f"{purpose} needs your {fn.__name__}, which failed with "
                                f"{type(error).__name__}: {error}") from error

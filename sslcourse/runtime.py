@@ -87,7 +87,9 @@ def setup(seed: int = 0, dataset: str = "auto", verbose: bool = True) -> Session
     budget = choose_budget()
     device = choose_device()
     if budget.name == "smoke":
-        torch.set_num_threads(min(2, torch.get_num_threads()))
+        # Smoke work is tiny tensors; on a busy CPU (an autograde batch, CI) a second OpenMP
+        # thread makes it many times slower, never faster (measured in bench/RESULTS.md).
+        torch.set_num_threads(1)
     seed_everything(seed)
     data = load_dataset(dataset, budget=budget, verbose=verbose)
     if verbose:

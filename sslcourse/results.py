@@ -1,0 +1,207 @@
+"""Save each notebook's results so that 08_summary can compare every method.
+
+A run is two files under ``results_dir()/<preset>/``:
+
+* ``<name>.json``: the metrics (any JSON-able dict: numbers, strings, lists, nested dicts)
+  plus what produced them (preset, time, versions);
+* ``<name>.pt``: the encoder's ``state_dict`` (optional), read back with
+  ``torch.load(..., weights_only=True)``, which cannot run code hidden in a file.
+
+Both are written atomically (a temporary file, then ``os.replace``), so an interrupted
+save never leaves half a file. Runs are kept per budget preset: a ``smoke`` run never
+mixes with a ``gpu`` run in the summary table.
+
+Run names start with the notebook id that saves them (``05_rotation``,
+``07_moco_queue4096``); error messages use that to say which notebook to rerun.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .budget import Budget, choose_budget
+from .runtime import results_dir
+
+__all__ = ["Run", "save_run", "load_run", "list_runs", "RunNotFoundError", "CorruptedRunError"]
+
+NOTEBOOKS = ("00_foundations", "01_denoising_autoencoders", "02_context_encoders", "03_view_prediction",
+             "04_patch_position", "05_rotation", "06_cpc", "07_moco", "08_summary")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_FLOAT = re.compile(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?")
+
+
+class RunNotFoundError(FileNotFoundError):
+    """No run of that name was saved under the current preset."""
+
+
+class CorruptedRunError(RuntimeError):
+    """A run's file exists but cannot be read."""
+
+
+@dataclass
+class Run:
+    """A saved run: its ``metrics`` dict and the encoder's ``state_dict`` (``None`` if none was saved)."""
+
+    name: str
+    metrics: dict
+    state_dict: dict | None
+    preset: str
+    info: dict
+
+    def load_encoder(self, encoder: nn.Module) -> nn.Module:
+        """Load the saved weights into ``encoder`` (built the same way as when saved) and return it."""
+        if self.state_dict is None:
+            raise ValueError(f"Run {self.name!r} was saved without an encoder.")
+        encoder.load_state_dict(self.state_dict)
+        return encoder
+
+
+def _preset_name(budget: Budget | str | None) -> str:
+    if budget is None:
+        return choose_budget().name
+    return budget if isinstance(budget, str) else budget.name
+
+
+def _run_dir(preset: str) -> Path:
+    return results_dir() / preset
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"A run name must be letters, digits and _ . + - (a file name), got {name!r}.")
+
+
+def _notebook_for(name: str) -> str:
+    matches = [nb for nb in NOTEBOOKS if name.startswith(nb) or name.startswith(nb[:2] + "_")]
+    return matches[0] if matches else "the notebook that saved it"
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    """Plain JSON values: tensors and NumPy numbers become numbers or lists; NaN/Inf become None."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        value = value.item() if value.numel() == 1 else value.tolist()
+    elif hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0:  # NumPy scalar
+        value = value.item()
+    elif hasattr(value, "tolist") and hasattr(value, "dtype"):  # NumPy array
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hasattr(value, "losses") and hasattr(value, "epochs"):  # a train.History
+        return {"losses": _jsonable(value.losses, where), "epochs": _jsonable(value.epochs, where)}
+    raise TypeError(f"save_run: metrics{where} is a {type(value).__name__}, which JSON cannot hold; "
+                    "use numbers, strings, lists and dicts.")
+
+
+def _numeric_keys(value: Any) -> Any:
+    """Undo JSON's str keys for numbers: ``{"0.01": 71.2}`` -> ``{0.01: 71.2}``, ``{"3": ..}`` -> ``{3: ..}``."""
+    if isinstance(value, list):
+        return [_numeric_keys(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, v in value.items():
+        if re.fullmatch(r"[-+]?\d+", key):
+            key = int(key)
+        elif _FLOAT.fullmatch(key):
+            key = float(key)
+        out[key] = _numeric_keys(v)
+    return out
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_run(name: str, metrics: Mapping[str, Any], encoder: nn.Module | None = None,
+             budget: Budget | str | None = None) -> Path:
+    """Save ``metrics`` (and the ``encoder``'s weights) as run ``name`` of the active preset.
+
+    Saving again under the same name replaces the run. Numeric dict keys (e.g. the
+    fractions of :func:`sslcourse.evaluate.label_efficiency`) come back as numbers.
+    Returns the path of the JSON file.
+    """
+    _check_name(name)
+    preset = _preset_name(budget)
+    folder = _run_dir(preset)
+    record = {
+        "name": name,
+        "preset": preset,
+        "saved_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "encoder": type(encoder).__name__ if encoder is not None else None,
+        "metrics": _jsonable(dict(metrics), ""),
+    }
+    weights = folder / f"{name}.pt"
+    if encoder is not None:
+        state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+        _write_atomic(weights, lambda p: torch.save(state, p))
+    elif weights.exists():
+        weights.unlink()  # a stale encoder from an earlier save under this name would mislead
+    path = folder / f"{name}.json"
+    _write_atomic(path, lambda p: p.write_text(json.dumps(record, indent=1, allow_nan=False)))
+    return path
+
+
+def list_runs(budget: Budget | str | None = None) -> list[str]:
+    """Names of the runs saved under the active preset (or ``budget``), sorted."""
+    folder = _run_dir(_preset_name(budget))
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+def load_run(name: str, budget: Budget | str | None = None) -> Run:
+    """Load run ``name`` of the active preset (or of ``budget``).
+
+    Raises:
+        RunNotFoundError: no such run; the message lists the runs that exist.
+        CorruptedRunError: a file is unreadable; the message says which notebook to rerun.
+    """
+    _check_name(name)
+    preset = _preset_name(budget)
+    folder = _run_dir(preset)
+    path = folder / f"{name}.json"
+    notebook = _notebook_for(name)
+    if not path.exists():
+        existing = list_runs(preset)
+        listing = ", ".join(existing) if existing else "none yet"
+        raise RunNotFoundError(f"No saved run {name!r} for preset '{preset}' in {folder}. "
+                               f"Runs saved there: {listing}. Run {notebook} to the end to create it.")
+    redo = f"Rerun {notebook} to the end to save it again."
+    try:
+        record = json.loads(path.read_text())
+        metrics = record["metrics"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        raise CorruptedRunError(f"The results file {path} is corrupted ({type(error).__name__}: {error}). "
+                                f"{redo}") from error
+    state_dict = None
+    weights = folder / f"{name}.pt"
+    if record.get("encoder") is not None:
+        if not weights.exists():
+            raise CorruptedRunError(f"Run {name!r} says it saved an encoder, but {weights} is missing. {redo}")
+        try:
+            state_dict = torch.load(weights, map_location="cpu", weights_only=True)
+            if not isinstance(state_dict, dict):
+                raise TypeError(f"expected a state_dict, found a {type(state_dict).__name__}")
+        except Exception as error:
+            raise CorruptedRunError(f"The encoder file {weights} is corrupted ({type(error).__name__}: "
+                                    f"{str(error).splitlines()[0] if str(error) else ''}). {redo}") from error
+    info = {k: v for k, v in record.items() if k != "metrics"}
+    return Run(name=name, metrics=_numeric_keys(metrics), state_dict=state_dict, preset=preset, info=info)

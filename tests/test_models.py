@@ -1,0 +1,104 @@
+"""Shapes and interfaces of the shared backbones, heads and decoder."""
+import pytest
+import torch
+
+from sslcourse.budget import make_budget
+from sslcourse.models import ConvDecoder, ConvNet, LinearHead, MLPHead, ResNet18, make_backbone
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP start-up and barrier costs (large on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("width", [8, 32])
+def test_convnet_shapes(width):
+    net = ConvNet(width=width)
+    x = torch.randn(3, 3, 32, 32)
+    assert net.feature_dim == 8 * width
+    assert net(x).shape == (3, 8 * width)
+    maps = net.forward_blocks(x)
+    assert [tuple(m.shape) for m in maps] == [(3, width, 32, 32), (3, 2 * width, 16, 16),
+                                              (3, 4 * width, 8, 8), (3, 8 * width, 4, 4)]
+    for block, m in enumerate(maps, start=1):
+        features = net.block_features(x, block)
+        assert features.shape == (3, m.shape[1])
+        torch.testing.assert_close(features, m.mean(dim=(2, 3)))
+    torch.testing.assert_close(net(x), maps[-1].mean(dim=(2, 3)))
+
+
+def test_resnet18_shapes():
+    net = ResNet18().eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert net.feature_dim == 512
+    assert net(x).shape == (1, 512)
+    assert [tuple(m.shape) for m in net.forward_blocks(x)] == [(1, 64, 32, 32), (1, 128, 16, 16),
+                                                               (1, 256, 8, 8), (1, 512, 4, 4)]
+    assert net.block_features(x, 3).shape == (1, 256)
+    assert 11_000_000 < sum(p.numel() for p in net.parameters()) < 11_300_000  # the CIFAR ResNet-18's size
+
+
+def test_channels_last_gives_the_same_features():
+    net = ConvNet(width=8).eval()
+    x = torch.randn(4, 3, 32, 32)
+    expected = net(x)
+    net = net.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(net(x.contiguous(memory_format=torch.channels_last)), expected,
+                               atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("block", [0, 5, 1.0])
+def test_block_out_of_range_is_a_clear_error(block):
+    with pytest.raises(ValueError, match="1 to 4"):
+        ConvNet(width=4).block_features(torch.randn(1, 3, 32, 32), block)
+
+
+def test_bad_input_is_a_clear_error():
+    net = ConvNet(width=4)
+    with pytest.raises(ValueError, match=r"expects images \[B, 3, H, W\]"):
+        net(torch.randn(3, 32, 32))
+    with pytest.raises(TypeError, match="uint8"):
+        net(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_make_backbone_follows_the_budget():
+    cpu = make_budget("cpu")
+    net = make_backbone(cpu)
+    assert isinstance(net, ConvNet) and net.width == cpu.width
+    assert isinstance(make_backbone(make_budget("gpu")), ResNet18)
+    assert isinstance(make_backbone("resnet18"), ResNet18)
+    with pytest.raises(ValueError, match="convnet"):
+        make_backbone("vgg")
+
+
+def test_heads():
+    assert LinearHead(16, 10)(torch.randn(5, 16)).shape == (5, 10)
+    assert MLPHead(16, 32, 8)(torch.randn(5, 16)).shape == (5, 8)
+
+
+def test_decoder_from_vector_and_from_map():
+    from_vector = ConvDecoder(64)
+    assert from_vector(torch.randn(2, 64)).shape == (2, 3, 32, 32)
+    from_map = ConvDecoder(64, out_channels=2, in_size=4)
+    assert from_map(torch.randn(2, 64, 4, 4)).shape == (2, 2, 32, 32)
+    assert ConvDecoder(16, 1, image_size=64, in_size=8)(torch.randn(2, 16, 8, 8)).shape == (2, 1, 64, 64)
+    with pytest.raises(ValueError, match=r"\[B, 64, 4, 4\]"):
+        from_map(torch.randn(2, 64))
+    with pytest.raises(ValueError, match="power of 2"):
+        ConvDecoder(64, image_size=32, in_size=3)
+
+
+def test_decoder_inverts_a_convnet_block_map():
+    net = ConvNet(width=4)
+    decoder = ConvDecoder(net.block_channels[-1], in_size=4)
+    x = torch.randn(2, 3, 32, 32)
+    assert decoder(net.forward_blocks(x)[-1]).shape == x.shape
