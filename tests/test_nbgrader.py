@@ -1,0 +1,428 @@
+"""nbgrader round trips on a temporary copy of the course: release, validate, autograde, feedback, export.
+
+Everything runs in a copy of solutions/, notebooks/ and nbgrader_config.py, through nbgrader's
+command line with this environment's ``bin`` first on ``PATH``; ``gradebook.db``, ``submitted/``
+and ``autograded/`` never touch the work tree.
+
+One course copy serves every grading test: for each assignment a handful of students submit,
+and one ``nbgrader autograde <id>`` call grades them all:
+
+==========  ===============================================================  =========================
+student     submits                                                          expected
+==========  ===============================================================  =========================
+perfect     the solution notebook                                            full automatic score
+release     the committed release, its first test cell replaced by ``pass``  0: the edited test is
+                                                                             restored, the rest fail
+raises      the solution, one graded function's body ``raise ValueError``    all but that exercise
+stripped    the solution up to its first exercise's tests, without nbgrader  0, silently
+            cell metadata (one assignment only)
+restored    ``stripped`` after the repair: metadata copied back from the     that exercise's points
+            release by cell id (one assignment only)
+==========  ===============================================================  =========================
+
+Three full runs per assignment (plus ``validate --invert``) keep the module to a few minutes per
+notebook; the two metadata cases demonstrate nbgrader's behaviour, so a short prefix of one
+notebook suffices for them.
+
+Scores are read back through the gradebook (in a subprocess) and the CSV export; the autograded
+notebooks are read only to explain a lost point.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import csv
+import filecmp
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import (RELEASE, SCRATCH_PATTERNS, SOLUTIONS, assignment_ids, copy_course, notebook_path,
+                      run_tool, tool_env)
+
+pytestmark = pytest.mark.slow
+
+ASSIGNMENTS = assignment_ids()
+
+# Per-cell grades of every submission, from nbgrader's gradebook, printed as JSON.
+DUMP_GRADES = """
+import json, sys
+from nbgrader.api import Gradebook
+grades = {}
+with Gradebook(sys.argv[1]) as gb:
+    for assignment in gb.assignments:
+        for submission in gb.assignment_submissions(assignment.name):
+            cells = grades.setdefault(assignment.name, {}).setdefault(submission.student.id, {})
+            for notebook in submission.notebooks:
+                for grade in notebook.grades:
+                    cells[grade.name] = {"cell_type": grade.cell_type, "auto_score": grade.auto_score,
+                                         "score": grade.score, "max_score": grade.max_score}
+print(json.dumps(grades))
+"""
+
+
+# --- notebook surgery -----------------------------------------------------------------
+
+def _nbgrader(cell) -> dict:
+    return cell.metadata.get("nbgrader", {})
+
+
+def autograded_test_cells(nb) -> list[str]:
+    """grade ids of the code cells nbgrader scores automatically."""
+    return [_nbgrader(c)["grade_id"] for c in nb.cells
+            if c.cell_type == "code" and _nbgrader(c).get("grade") and not _nbgrader(c).get("solution")]
+
+
+def exercises(nb) -> list[tuple[int, list[str]]]:
+    """(index of a solution code cell, grade ids of the test cells that follow it before the next one)."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        meta = _nbgrader(cell)
+        if cell.cell_type == "code" and meta.get("solution") and not meta.get("grade"):
+            found.append((index, []))
+        elif found and cell.cell_type == "code" and meta.get("grade") and not meta.get("solution"):
+            found[-1][1].append(meta["grade_id"])
+    return [(index, tests) for index, tests in found if tests]
+
+
+def _function_to_break(tree: ast.Module) -> ast.FunctionDef | None:
+    """The first top-level function of a cell, else the first method of its first class."""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            return node
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            methods = [n for n in node.body if isinstance(n, ast.FunctionDef)]
+            preferred = [m for m in methods if m.name in ("forward", "__call__")]
+            if preferred or methods:
+                return (preferred or methods)[0]
+    return None
+
+
+def break_one_exercise(solution) -> tuple[object, str, list[str]] | None:
+    """Copy of the solution whose first gradable function raises ValueError("boom").
+
+    Returns the notebook, the function's name and the grade ids of its exercise's test cells,
+    or None when no solution cell defines a function followed by a test cell.
+    """
+    nb = copy.deepcopy(solution)
+    for index, tests in exercises(nb):
+        try:
+            tree = ast.parse(nb.cells[index].source)
+        except SyntaxError:  # IPython magics: not plain Python
+            continue
+        target = _function_to_break(tree)
+        if target is not None:
+            target.body = [ast.parse('raise ValueError("boom")').body[0]]
+            nb.cells[index].source = ast.unparse(tree)
+            return nb, target.name, tests
+    return None
+
+
+def replace_first_test_by_pass(release) -> tuple[object, str]:
+    nb = copy.deepcopy(release)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and _nbgrader(cell).get("grade") and not _nbgrader(cell).get("solution"):
+            cell.source = "pass"
+            return nb, _nbgrader(cell)["grade_id"]
+    raise ValueError("the release has no autograded test cell")
+
+
+def up_to_first_exercise(nb):
+    """The notebook's cells up to the last test cell of its first exercise."""
+    nb = copy.deepcopy(nb)
+    found = exercises(nb)
+    first_tests = found[0][1] if found else autograded_test_cells(nb)[:1]
+    last = max(i for i, cell in enumerate(nb.cells) if _nbgrader(cell).get("grade_id") in first_tests)
+    nb.cells = nb.cells[:last + 1]
+    return nb, first_tests
+
+
+def strip_nbgrader_metadata(nb):
+    """What a tool that rewrites a notebook without its cell metadata does (some editors, converters and
+    notebook-cleaning scripts): the cells keep their ids and sources but lose their nbgrader tags."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        cell.metadata.pop("nbgrader", None)
+        cell.metadata.pop("deletable", None)
+        cell.metadata.pop("editable", None)
+    return nb
+
+
+def restore_nbgrader_metadata(submission, release):
+    """The instructor's repair: copy each cell's nbgrader metadata back from the release, matched by cell id.
+
+    Cell ids (nbformat >= 4.5) survive metadata stripping as long as the student kept
+    working in the same notebook. Cells whose id the release lacks are left as they are.
+    """
+    nb = copy.deepcopy(submission)
+    by_id = {cell.id: cell for cell in release.cells}
+    for cell in nb.cells:
+        source = by_id.get(cell.get("id"))
+        if source is not None:
+            for key in ("nbgrader", "deletable", "editable"):
+                if key in source.metadata:
+                    cell.metadata[key] = copy.deepcopy(source.metadata[key])
+    return nb
+
+
+# --- the course copy ------------------------------------------------------------------
+
+@dataclass
+class GradedCourse:
+    root: Path
+    env: dict
+    grades: dict  # grades[assignment][student][grade_id] = {"cell_type", "auto_score", "score", "max_score"}
+    broken: dict = field(default_factory=dict)    # assignment -> (function name, test cells of its exercise)
+    tampered: dict = field(default_factory=dict)  # assignment -> grade id of the test cell replaced by pass
+    stripped: tuple = ()  # (assignment, test cells the stripped submission holds), for one assignment
+
+    def auto_scores(self, assignment: str, student: str) -> dict[str, float]:
+        """Automatic score per autograded code cell (a cell nbgrader never graded counts 0)."""
+        cells = self.grades[assignment][student]
+        return {name: (g["auto_score"] or 0.0) for name, g in cells.items() if g["cell_type"] == "code"}
+
+    def auto_max(self, assignment: str, student: str) -> dict[str, float]:
+        cells = self.grades[assignment][student]
+        return {name: g["max_score"] for name, g in cells.items() if g["cell_type"] == "code"}
+
+    def cell_outputs(self, assignment: str, student: str, cells) -> str:
+        """What the given test cells printed in the autograded notebook: the why behind a score."""
+        path = notebook_path(self.root / "autograded" / student, assignment)
+        nb = nbformat.read(path, as_version=4)
+        report = [f"(autograded notebook: {path})"]
+        for cell in nb.cells:
+            if _nbgrader(cell).get("grade_id") in cells:
+                shown = []
+                for output in cell.get("outputs", []):
+                    if output.output_type == "error":
+                        shown.append(f"{output.ename}: {output.evalue}")
+                    elif output.output_type == "stream" and output.name == "stderr":
+                        shown.append(f"stderr: {output.text[:300]}")
+                    elif output.output_type == "execute_result":
+                        shown.append(f"ends in a value: {output.data.get('text/plain', '')[:100]}")
+                report.append(f"  {_nbgrader(cell)['grade_id']}: " + ("; ".join(shown) or "no error output"))
+        return "\n".join(report)
+
+
+def nbgrader(course: Path, env: dict, *args: str, check: bool = True):
+    return run_tool(["nbgrader", *args, f"--CourseDirectory.root={course}"], cwd=course, env=env, check=check)
+
+
+def submit(course: Path, student: str, assignment: str, nb) -> None:
+    folder = course / "submitted" / student / assignment
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, folder / f"{assignment}.ipynb")
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory) -> Path:
+    return copy_course(tmp_path_factory.mktemp("course"))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, course_data_dir) -> dict:
+    scratch = tmp_path_factory.mktemp("nbgrader-env")
+    return tool_env(data=course_data_dir, results=scratch / "results", config_dir=scratch / "jupyter-config")
+
+
+@pytest.fixture(scope="module")
+def graded(course, env) -> GradedCourse:
+    # Register every assignment's grade cells in the gradebook. That release goes to a folder
+    # of its own: students submit the committed notebooks/, as they would.
+    nbgrader(course, env, "generate_assignment", "*", "--force",
+             "--CourseDirectory.release_directory=release_with_db")
+    result = GradedCourse(root=course, env=env, grades={})
+    for assignment in ASSIGNMENTS:
+        solution = nbformat.read(notebook_path(course / "solutions", assignment), as_version=4)
+        release_path = notebook_path(course / "notebooks", assignment)
+        if not release_path.exists():  # test_committed_release_matches_solutions reports this
+            release_path = notebook_path(course / "release_with_db", assignment)
+        release = nbformat.read(release_path, as_version=4)
+        submit(course, "perfect", assignment, solution)
+        if not autograded_test_cells(solution):
+            submit(course, "release", assignment, release)
+        else:
+            edited, result.tampered[assignment] = replace_first_test_by_pass(release)
+            submit(course, "release", assignment, edited)
+            broken = break_one_exercise(solution)
+            if broken is not None:
+                raises, name, tests = broken
+                result.broken[assignment] = (name, tests)
+                submit(course, "raises", assignment, raises)
+            if not result.stripped:
+                prefix, tests = up_to_first_exercise(solution)
+                result.stripped = (assignment, tests)
+                stripped = strip_nbgrader_metadata(prefix)
+                submit(course, "stripped", assignment, stripped)
+                submit(course, "restored", assignment, restore_nbgrader_metadata(stripped, release))
+        nbgrader(course, env, "autograde", assignment, "--force")
+    dump = run_tool([sys.executable, "-c", DUMP_GRADES, f"sqlite:///{course / 'gradebook.db'}"],
+                    cwd=course, env=env)
+    result.grades = json.loads(dump.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _needs_tests(graded: GradedCourse, assignment: str) -> None:
+    if assignment not in graded.tampered:
+        pytest.skip(f"{assignment} has no autograded test cell (reflection only)")
+
+
+# --- release ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def regenerated(course, env) -> Path:
+    """The release regenerated from solutions/ into a separate folder, without a gradebook."""
+    nbgrader(course, env, "generate_assignment", "*", "--no-db", "--force",
+             "--CourseDirectory.release_directory=regenerated")
+    return course / "regenerated"
+
+
+def _tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
+            and not any(p.match(pattern) or pattern in p.parts for pattern in SCRATCH_PATTERNS)}
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_committed_release_matches_solutions(assignment, regenerated):
+    committed = RELEASE / assignment
+    assert committed.is_dir(), f"notebooks/{assignment}/ is missing: run `make release` and commit notebooks/."
+    fresh = regenerated / assignment
+    assert _tree(committed) == _tree(fresh), (
+        f"notebooks/{assignment}/ holds {sorted(_tree(committed))} but solutions/{assignment}/ releases "
+        f"{sorted(_tree(fresh))}: run `make release`.")
+    differ = [name for name in sorted(_tree(fresh))
+              if not filecmp.cmp(committed / name, fresh / name, shallow=False)]
+    assert not differ, (f"notebooks/{assignment}/: {differ} differ from what solutions/{assignment}/ "
+                        f"generates: run `make release` (never edit notebooks/ by hand).")
+
+
+def test_every_release_has_a_solution():
+    stale = sorted(set(assignment_ids(RELEASE)) - set(ASSIGNMENTS))
+    assert not stale, f"notebooks/ holds {stale}, which solutions/ no longer has: delete them from notebooks/."
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_release_stubs_pass_no_test(assignment, course, env):
+    """`nbgrader validate --invert`: no autograded test passes on the unanswered release."""
+    released = notebook_path(course / "notebooks", assignment)
+    if not released.exists():
+        pytest.skip(f"notebooks/{assignment} is missing (test_committed_release_matches_solutions fails)")
+    output = nbgrader(course, env, "validate", "--invert", str(released)).stdout
+    assert "Success! The notebook does not pass any tests." in output, (
+        f"{assignment}: a test passes on the release stubs, so it cannot tell an answer from none:\n"
+        f"{output[-4000:]}")
+
+
+# --- autograde ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_solution_earns_full_automatic_score(assignment, graded):
+    _needs_tests(graded, assignment)
+    got, full = graded.auto_scores(assignment, "perfect"), graded.auto_max(assignment, "perfect")
+    lost = {name: f"{got[name]:g} of {full[name]:g}" for name in full if got[name] != full[name]}
+    assert not lost, (f"{assignment}: the solution loses points in {lost}.\n"
+                      + graded.cell_outputs(assignment, "perfect", lost))
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_unanswered_release_scores_zero(assignment, graded):
+    got = graded.auto_scores(assignment, "release")
+    earned = {name: score for name, score in got.items() if score}
+    assert not earned, f"{assignment}: the unanswered release earns points in {earned}"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_edited_test_cell_is_restored(assignment, graded):
+    """A test cell replaced by `pass` would score full marks; nbgrader restores the original, which fails."""
+    _needs_tests(graded, assignment)
+    cell = graded.tampered[assignment]
+    got = graded.auto_scores(assignment, "release")
+    assert got[cell] == 0, (f"{assignment}: test cell {cell} was replaced by `pass` and scored {got[cell]:g}: "
+                            f"nbgrader did not restore it")
+    autograded = nbformat.read(notebook_path(graded.root / "autograded" / "release", assignment), as_version=4)
+    solution = nbformat.read(notebook_path(SOLUTIONS, assignment), as_version=4)
+    restored = {_nbgrader(c).get("grade_id"): c.source for c in autograded.cells}
+    original = {_nbgrader(c).get("grade_id"): c.source for c in solution.cells}
+    assert restored[cell] == original[cell], f"{assignment}: test cell {cell} was not restored with its hidden tests"
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_exception_in_one_exercise_keeps_the_others_points(assignment, graded):
+    _needs_tests(graded, assignment)
+    if assignment not in graded.broken:
+        pytest.skip(f"{assignment}: no solution cell defines a function followed by a test cell")
+    name, broken_tests = graded.broken[assignment]
+    got, full = graded.auto_scores(assignment, "raises"), graded.auto_max(assignment, "raises")
+    for cell in broken_tests:
+        assert got[cell] == 0, f"{assignment}: {name} raises ValueError, yet its test cell {cell} scored {got[cell]:g}"
+    lost = {cell: f"{got[cell]:g} of {full[cell]:g}" for cell in full
+            if cell not in broken_tests and got[cell] != full[cell]}
+    assert not lost, (f"{assignment}: with only {name} broken, other exercises lose points: {lost}. "
+                      f"A test cell must check its own exercise only.\n"
+                      + graded.cell_outputs(assignment, "raises", lost))
+
+
+def test_stripped_metadata_scores_zero_silently(graded):
+    """Documents nbgrader 0.9.6: a submission without nbgrader cell metadata is graded as 0 with no error.
+
+    Its test cells are not recognised, so they are never scored (`nbgrader validate` even reports
+    success on such a notebook). The repair, copying the metadata back from the release by cell
+    id as `restore_nbgrader_metadata` does, gives the student their points again.
+    """
+    if not graded.stripped:
+        pytest.skip("no assignment with an autograded exercise in solutions/")
+    assignment, first_tests = graded.stripped
+    assert "stripped" in graded.grades[assignment], "the stripped submission was not recorded at all"
+    stripped = graded.auto_scores(assignment, "stripped")
+    assert sum(stripped.values()) == 0, f"nbgrader now scores a stripped submission: {stripped}; update the docs"
+    restored, perfect = graded.auto_scores(assignment, "restored"), graded.auto_scores(assignment, "perfect")
+    expected = {cell: (score if cell in first_tests else 0.0) for cell, score in perfect.items()}
+    assert restored == expected, (f"{assignment}: after restoring the metadata the first exercise scores "
+                                  f"{restored}, not {expected}")
+
+
+# --- feedback and export ------------------------------------------------------------------
+
+def test_feedback_and_grade_export(graded):
+    if not ASSIGNMENTS:
+        pytest.skip("no assignment in solutions/")
+    course, env = graded.root, graded.env
+    nbgrader(course, env, "generate_feedback", "*", "--force")
+    for assignment in ASSIGNMENTS:
+        for student in graded.grades[assignment]:
+            report = course / "feedback" / student / assignment / f"{assignment}.html"
+            assert report.is_file() and report.stat().st_size > 0, f"no feedback at {report}"
+    first = ASSIGNMENTS[0]
+    report = (course / "feedback" / "perfect" / first / f"{first}.html").read_text()
+    auto = sum(graded.auto_scores(first, "perfect").values())
+    total = sum(g["max_score"] for g in graded.grades[first]["perfect"].values())
+    assert f"Score: {auto:.1f} / {total:.1f}" in report, f"the feedback for {first} does not state the score"
+
+    nbgrader(course, env, "export", f"--to={course / 'grades.csv'}")
+    with open(course / "grades.csv", newline="") as handle:
+        rows = {(row["assignment"], row["student_id"]): row for row in csv.DictReader(handle)}
+    for assignment in ASSIGNMENTS:
+        for student in graded.grades[assignment]:
+            assert (assignment, student) in rows, f"grades.csv lacks {student}'s {assignment}"
+        perfect = sum(graded.auto_scores(assignment, "perfect").values())
+        assert float(rows[(assignment, "perfect")]["score"]) == pytest.approx(perfect)
+        assert float(rows[(assignment, "release")]["score"]) == 0
+
+
+def test_add_missing_cells_crashes_on_stripped_metadata(graded):
+    """Documents nbgrader 0.9.6: `--OverwriteCells.add_missing_cells=True` is no remedy; it fails with KeyError."""
+    if not graded.stripped:
+        pytest.skip("no assignment with an autograded exercise in solutions/")
+    assignment = graded.stripped[0]
+    stripped = nbformat.read(notebook_path(graded.root / "submitted" / "stripped", assignment), as_version=4)
+    submit(graded.root, "stripped_again", assignment, stripped)
+    proc = nbgrader(graded.root, graded.env, "autograde", assignment, "--student=stripped_again", "--force",
+                    "--OverwriteCells.add_missing_cells=True", check=False)
+    assert proc.returncode != 0 and "KeyError" in proc.stdout, (
+        "nbgrader no longer crashes with add_missing_cells on a stripped submission: "
+        f"update the instructor notes.\n{proc.stdout[-3000:]}")
