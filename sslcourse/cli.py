@@ -3,6 +3,8 @@
     sslcourse doctor              what this machine will run: versions, device, preset, data
     sslcourse data [NAME]         fetch or build a dataset into the cache (cifar10, stl10, embedded)
     sslcourse data --import PATH  cache CIFAR-10 from a folder of images or a cifar10-jpeg.npz archive
+    sslcourse check-submissions [DIR]            list submissions that lost their nbgrader metadata
+    sslcourse restore-metadata SUBMISSION RELEASE  copy the metadata back from the release (by cell id)
 """
 from __future__ import annotations
 
@@ -58,6 +60,27 @@ def data(name: str, source: str | None) -> int:
     return 0
 
 
+def check_submissions(folder: str) -> int:
+    import nbformat
+
+    from .grading import has_nbgrader_metadata
+
+    bad = [p for p in sorted(Path(folder).glob("*/*/*.ipynb"))
+           if not has_nbgrader_metadata(nbformat.read(p, as_version=4))]
+    for path in bad:
+        print(f"no nbgrader metadata (would autograde to 0): {path}")
+    print(f"{len(bad)} submission(s) without nbgrader metadata under {folder}")
+    return 1 if bad else 0
+
+
+def restore_metadata(submission: str, release: str) -> int:
+    from .grading import repair_file
+
+    matched = repair_file(submission, release)
+    print(f"restored nbgrader metadata on {matched} cells of {submission} (original kept as .ipynb.orig)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sslcourse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,7 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", nargs="?", default="cifar10", choices=["cifar10", "stl10", "embedded"])
     p.add_argument("--import", dest="source", metavar="PATH",
                    help="cache this image folder (train/<class>/..., test/<class>/...) or .npz archive instead of downloading")
+    p = sub.add_parser("check-submissions", help="list submissions whose nbgrader metadata was stripped")
+    p.add_argument("folder", nargs="?", default="submitted")
+    p = sub.add_parser("restore-metadata", help="copy nbgrader metadata back into a stripped submission")
+    p.add_argument("submission")
+    p.add_argument("release")
     args = parser.parse_args(argv)
+    if args.command == "check-submissions":
+        return check_submissions(args.folder)
+    if args.command == "restore-metadata":
+        return restore_metadata(args.submission, args.release)
     if args.command == "doctor":
         return doctor()
     return data(args.name, args.source)

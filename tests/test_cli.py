@@ -38,3 +38,24 @@ def test_data_import_folder_then_load_from_cache(tmp_path, monkeypatch, capsys):
 def test_console_entry_point_is_installed():
     result = subprocess.run([sys.executable, "-m", "sslcourse.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "doctor" in result.stdout
+
+
+def test_check_and_restore_stripped_submission(tmp_path, capsys):
+    import nbformat
+
+    release = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("assert True")])
+    release.cells[0].metadata["nbgrader"] = {"grade": True, "grade_id": "t", "locked": True, "points": 1,
+                                             "schema_version": 3, "solution": False, "task": False}
+    nbformat.write(release, tmp_path / "release.ipynb")
+    stripped = nbformat.from_dict(nbformat.reads(nbformat.writes(release), as_version=4))
+    stripped.cells[0].metadata = {}
+    target = tmp_path / "submitted" / "alice" / "a1" / "a1.ipynb"
+    target.parent.mkdir(parents=True)
+    nbformat.write(stripped, target)
+
+    assert cli.main(["check-submissions", str(tmp_path / "submitted")]) == 1
+    assert "alice" in capsys.readouterr().out
+    assert cli.main(["restore-metadata", str(target), str(tmp_path / "release.ipynb")]) == 0
+    assert nbformat.read(target, as_version=4).cells[0].metadata["nbgrader"]["grade_id"] == "t"
+    assert target.with_name("a1.ipynb.orig").exists()
+    assert cli.main(["check-submissions", str(tmp_path / "submitted")]) == 0

@@ -41,6 +41,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from sslcourse.grading import restore_nbgrader_metadata
+
 from conftest import (RELEASE, SCRATCH_PATTERNS, SOLUTIONS, assignment_ids, copy_course, notebook_path,
                       run_tool, tool_env)
 
@@ -153,23 +155,6 @@ def strip_nbgrader_metadata(nb):
     return nb
 
 
-def restore_nbgrader_metadata(submission, release):
-    """The instructor's repair: copy each cell's nbgrader metadata back from the release, matched by cell id.
-
-    Cell ids (nbformat >= 4.5) survive metadata stripping as long as the student kept
-    working in the same notebook. Cells whose id the release lacks are left as they are.
-    """
-    nb = copy.deepcopy(submission)
-    by_id = {cell.id: cell for cell in release.cells}
-    for cell in nb.cells:
-        source = by_id.get(cell.get("id"))
-        if source is not None:
-            for key in ("nbgrader", "deletable", "editable"):
-                if key in source.metadata:
-                    cell.metadata[key] = copy.deepcopy(source.metadata[key])
-    return nb
-
-
 # --- the course copy ------------------------------------------------------------------
 
 @dataclass
@@ -259,7 +244,7 @@ def graded(course, env) -> GradedCourse:
                 result.stripped = (assignment, tests)
                 stripped = strip_nbgrader_metadata(prefix)
                 submit(course, "stripped", assignment, stripped)
-                submit(course, "restored", assignment, restore_nbgrader_metadata(stripped, release))
+                submit(course, "restored", assignment, restore_nbgrader_metadata(stripped, release)[0])
         nbgrader(course, env, "autograde", assignment, "--force")
     dump = run_tool([sys.executable, "-c", DUMP_GRADES, f"sqlite:///{course / 'gradebook.db'}"],
                     cwd=course, env=env)
@@ -372,7 +357,7 @@ def test_stripped_metadata_scores_zero_silently(graded):
 
     Its test cells are not recognised, so they are never scored (`nbgrader validate` even reports
     success on such a notebook). The repair, copying the metadata back from the release by cell
-    id as `restore_nbgrader_metadata` does, gives the student their points again.
+    id as `sslcourse.grading.restore_nbgrader_metadata` does, gives the student their points again.
     """
     if not graded.stripped:
         pytest.skip("no assignment with an autograded exercise in solutions/")
