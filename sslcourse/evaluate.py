@@ -183,6 +183,8 @@ def label_efficiency(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch
     Returns ``{fraction: accuracy}``. The subsets come from ``seed``, so every method is
     probed on the same images. ``probe_kwargs`` go to :func:`linear_probe`.
     """
+    _check_features("label_efficiency train_f", train_f, train_y)
+    _check_features("label_efficiency test_f", test_f, test_y)
     num_classes = max(int(train_y.max()), int(test_y.max())) + 1
     curve = {}
     for fraction in fractions:

@@ -146,3 +146,12 @@ def test_evaluate_encoder_reports_knn_and_linear():
     result = evaluate_encoder(ConvNet(width=4), tiny_dataset(), "cpu")
     assert set(result) == {"knn", "linear"}
     assert result["linear"] > 90 and result["knn"] > 90
+
+
+def test_label_efficiency_rejects_mismatched_labels():
+    train_f, train_y = separable(40, 0)
+    test_f, test_y = separable(20, 1)
+    with pytest.raises(ValueError, match=r"label_efficiency train_f: expected labels \[40\]"):
+        label_efficiency(train_f, train_y[:4], test_f, test_y)
+    with pytest.raises(ValueError, match=r"label_efficiency test_f: expected labels \[20\]"):
+        label_efficiency(train_f, train_y, test_f, test_y[:19])
