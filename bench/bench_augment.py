@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
+from benchutil import machine_name
 from sslcourse import augment as A
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,15 +57,6 @@ def load_images(batch: int, data: str | None) -> tuple[torch.Tensor, str]:
     return images, "random uint8 images (no cifar10-jpeg.npz found)"
 
 
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
 
 
 def median_ms(sides: dict, device: torch.device, warmup: int, repeats: int) -> dict[str, float]:

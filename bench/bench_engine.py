@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +48,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchutil import machine_name  # noqa: E402
 from sslcourse import augment  # noqa: E402
 from sslcourse.data import DeviceBatches  # noqa: E402
 from sslcourse.models import ConvNet, MLPHead, ResNet18  # noqa: E402
@@ -161,15 +160,6 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
 
 # ------------------------------------------------------------------------- measuring
 
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
 
 
 def load_average() -> str:

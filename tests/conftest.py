@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = REPO_ROOT / "solutions"
@@ -91,3 +92,12 @@ def copy_course(destination: Path) -> Path:
 def course_data_dir(tmp_path_factory) -> Path:
     """A dataset cache shared by every notebook run of the session (the smoke set is built once)."""
     return tmp_path_factory.mktemp("sslcourse-data")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one thread avoids OpenMP start-up and barrier costs (large on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,12 +10,7 @@ from sslcourse.evaluate import (evaluate_encoder, extract_features, knn_accuracy
 from sslcourse.models import ConvNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def knn_reference(train_f, train_y, test_f, k, temperature, num_classes):

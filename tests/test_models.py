@@ -6,13 +6,7 @@ from sslcourse.budget import make_budget
 from sslcourse.models import ConvDecoder, ConvNet, LinearHead, MLPHead, ResNet18, make_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP start-up and barrier costs (large on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -10,13 +10,7 @@ from sslcourse.train import CheckpointError, History, NonFiniteLossError, cosine
 EPOCHS, STEPS = 3, 4  # 64 images, batch 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP start-up and barrier costs (large on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_flip(x, generator):
