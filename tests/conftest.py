@@ -94,7 +94,7 @@ def course_data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("sslcourse-data")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors: one thread avoids OpenMP start-up and barrier costs (large on a busy 2-core machine)."""
     threads = torch.get_num_threads()
