@@ -130,3 +130,16 @@ def needs(fn: Callable, purpose: str) -> Callable:
             raise RuntimeError(f"{purpose} needs your {fn.__name__}, which failed with "
                                f"{type(error).__name__}: {error}") from error
     return wrapper
+
+
+def require(namespace: dict, made_by: dict[str, str], *names: str) -> None:
+    """Stop a notebook cell with a clear message when a result of an earlier cell is missing.
+
+    ``namespace`` is the notebook's ``globals()``; ``made_by`` maps each result's name to the
+    part of the notebook that makes it. A name that is absent, or still ``None`` because the cell
+    that sets it failed, raises "This cell needs `name`: run <part> first ...". Notebooks bind it
+    once: ``require = functools.partial(checks.require, globals(), MADE_BY)``.
+    """
+    for name in names:
+        if namespace.get(name) is None:
+            raise RuntimeError(f"This cell needs `{name}`: run {made_by[name]} first; it failed or was not run.")

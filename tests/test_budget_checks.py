@@ -277,3 +277,16 @@ def test_needs_names_the_purpose_and_the_function():
                                            r"ValueError: shapes do not match"):
         checks.needs(info_nce, "The MoCo experiment")(1)
     assert checks.needs(lambda x: 2 * x, "Anything")(3) == 6
+
+
+def test_require_names_the_missing_result_and_the_part_that_makes_it(capsys):
+    from sslcourse import checks
+
+    made_by = {"history": "the training cell", "probe": "the probe cell"}
+    namespace = {"history": [1.0], "probe": None}
+    checks.require(namespace, made_by, "history")
+    with pytest.raises(RuntimeError, match="needs `probe`: run the probe cell first"):
+        checks.require(namespace, made_by, "history", "probe")
+    with pytest.raises(RuntimeError, match="needs `history`: run the training cell first"):
+        checks.require({}, made_by, "history")
+    assert capsys.readouterr().err == ""
