@@ -1,27 +1,39 @@
 """End-to-end two-view SSL training throughput: the textbook pipeline against the sslcourse engine.
 
-    python bench/bench_engine.py                                   # CPU: ConvNet, batch 256
-    python bench/bench_engine.py --device cuda --bf16 --channels-last   # GPU: ResNet-18, batch 512
+    python bench/bench_engine.py                          # CPU: ConvNet, batch 256
+    python bench/bench_engine.py --device cuda --bf16     # GPU: ResNet-18, batch 512
 
-Both sides train the same model (a backbone plus SimCLR's projection head) with the same
-two-view InfoNCE loss (NT-Xent, Chen et al., 2020, temperature 0.5), batch size, optimiser
-and the same loop, ``sslcourse.train.fit``, in one process. Only the data pipeline differs:
+Every side trains the same model (a backbone plus SimCLR's projection head) with the same
+two-view InfoNCE loss (NT-Xent, Chen et al., 2020, temperature 0.5), batch size and optimiser,
+in one process. The sides:
 
-- textbook: a torchvision-CIFAR-style Dataset that holds the images as a uint8 array, makes
-  a PIL image per sample and applies SimCLR's CIFAR augmentation with ``torchvision.transforms``
-  twice (two views), served by ``torch.utils.data.DataLoader`` with ``num_workers`` = the
-  number of cores (and ``pin_memory`` on CUDA);
-- engine: ``sslcourse.data.DeviceBatches`` (the uint8 set on the device, ``views=2``) with
-  ``sslcourse.augment.simclr_augment()``: batched augmentation with per-sample parameters.
+- textbook: what SimCLR/MoCo CIFAR code and the PyTorch tutorials do. A torchvision-CIFAR-style
+  Dataset holds the images as a uint8 array, makes a PIL image per sample and applies SimCLR's
+  CIFAR augmentation with ``torchvision.transforms`` twice (two views); ``torch.utils.data.DataLoader``
+  serves it with ``num_workers`` = the number of cores (and ``pin_memory`` on CUDA); a plain
+  training loop (default NCHW layout, ``loss.item()`` each step for the running loss).
+- textbook data + sslcourse loop: the same DataLoader, trained by ``sslcourse.train.fit``. The
+  difference from the engine is the data pipeline alone.
+- sslcourse engine: ``sslcourse.data.DeviceBatches`` (the uint8 set on the device, ``views=2``)
+  with ``sslcourse.augment.simclr_augment()`` (batched, per-sample parameters), trained by
+  ``sslcourse.train.fit`` with its defaults (channels_last; bf16 autocast on CUDA; on a CPU,
+  ``keep_memory``: see ``sslcourse.allocator``).
+- model step alone: ``fit`` on one fixed batch, the ceiling for any data pipeline.
 
-Part (b) prints images per second (each image is two views) and the ratio, and the CPU time
+On a CPU ``fit`` retunes glibc's malloc for the process while it trains and leaves settings behind
+that favour code run later, so the textbook side trains all its epochs first, in a process that
+sslcourse has not touched yet, as a student's kernel would be; the other sides then take turns.
+
+Autocast is the same on every side (``fit``'s default: bf16 on CUDA, none on the CPU; ``--bf16``
+forces it everywhere), so a GPU textbook run is the modern mixed-precision textbook, not a float32 one.
+
+Part (b) prints images per second (each image is two views) and the ratios, and the CPU time
 spent per image (this process's threads plus the loader's workers), which a busy shared
 machine distorts less than wall time.
 Part (c) counts the FLOPs of one training step (forward and backward, with
 ``torch.utils.flop_counter.FlopCounterMode``) and divides FLOPs x steps by the measured time:
-the engine's achieved FLOP/s, as a fraction of this machine's measured peak (a large float32
-matmul on the CPU; bfloat16 with ``--bf16`` on the GPU). It also times the same step on one
-fixed batch, which bounds what any data pipeline could reach.
+each side's achieved FLOP/s, as a fraction of this machine's measured peak (a large float32
+matmul on the CPU; bfloat16 on CUDA).
 
 Each side runs ``--epochs`` epochs over ``--images`` images, the sides taking turns epoch by
 epoch (so that a change in a shared machine's load hits all sides alike); the first epoch is
@@ -49,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchutil import machine_name  # noqa: E402
-from sslcourse import augment  # noqa: E402
+from sslcourse import allocator, augment  # noqa: E402
 from sslcourse.data import DeviceBatches  # noqa: E402
 from sslcourse.models import ConvNet, MLPHead, ResNet18  # noqa: E402
 from sslcourse.train import fit  # noqa: E402
@@ -221,12 +233,43 @@ def step_flops(model: nn.Module, batch, device: torch.device, amp, channels_last
     return counter.get_total_flops()
 
 
-class Side:
-    """One pipeline under test: its own model and optimiser, trained one epoch per call by ``fit``."""
+def textbook_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
+                   amp: bool | str) -> float:
+    """One epoch of the plain training loop found in SSL tutorials and reference code; returns seconds.
 
-    def __init__(self, name: str, loader, model_name: str, device: torch.device, args, batch_size: int):
+    Model and batches stay in PyTorch's default layout (NCHW); the running loss is read with
+    ``loss.item()`` every step, as such loops print or log it.
+    """
+    from sslcourse.train import _autocast
+
+    model.to(device).train()
+    sync(device)
+    start = time.perf_counter()
+    running_loss = 0.0
+    for (x1, x2), labels in loader:
+        x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            loss = simclr_loss(model, ((x1, x2), labels))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item()
+    sync(device)
+    if not np.isfinite(running_loss):
+        raise FloatingPointError(f"textbook loop: the loss became {running_loss}")
+    return time.perf_counter() - start
+
+
+class Side:
+    """One pipeline under test: its own model and optimiser, trained one epoch per call.
+
+    ``loop`` is ``"fit"`` (``sslcourse.train.fit``) or ``"textbook"`` (:func:`textbook_epoch`).
+    """
+
+    def __init__(self, name: str, loader, loop: str, model_name: str, device: torch.device, args,
+                 batch_size: int):
         torch.manual_seed(0)
-        self.name, self.loader, self.device, self.args = name, loader, device, args
+        self.name, self.loader, self.loop, self.device, self.args = name, loader, loop, device, args
         self.model = make_model(model_name)
         self.optimizer = make_optimizer(self.model)
         self.images = len(loader) * batch_size
@@ -236,13 +279,18 @@ class Side:
 
     def epoch(self) -> float:
         cpu_before = cpu_seconds(self.loader)
-        history = fit(self.model, simclr_loss, self.loader, self.optimizer, 1, device=self.device,
-                      amp="bf16" if self.args.bf16 else False, channels_last=self.args.channels_last,
-                      compile=self.args.compile, live_plot=False, progress=False)
-        sync(self.device)
+        if self.loop == "textbook":
+            seconds = textbook_epoch(self.model, self.loader, self.optimizer, self.device, self.args.amp)
+        else:
+            history = fit(self.model, simclr_loss, self.loader, self.optimizer, 1, device=self.device,
+                          amp=self.args.amp, channels_last=self.args.channels_last,
+                          compile=self.args.compile, keep_memory=not self.args.no_keep_memory,
+                          live_plot=False, progress=False)
+            sync(self.device)
+            seconds = history.epochs[-1]["time"]
         self.cpu_times.append(cpu_seconds(self.loader) - cpu_before)
-        self.times.append(history.epochs[-1]["time"])
-        return self.times[-1]
+        self.times.append(seconds)
+        return seconds
 
     def cpu_seconds_per_image(self) -> float:
         return statistics.median(self.cpu_times[1:]) / self.images
@@ -267,9 +315,13 @@ def main() -> None:
                         help="epochs per side, the sides taking turns; the first is warm-up")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers (default: cores)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the main process (default: torch's)")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (and a bf16 matmul peak)")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC layout for the model and batches")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (both sides)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 autocast on every side and device (default: fit's, bf16 on CUDA only)")
+    parser.add_argument("--nchw", action="store_true",
+                        help="train the fit sides in NCHW too (default: fit's channels_last)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (the fit sides)")
+    parser.add_argument("--no-keep-memory", action="store_true",
+                        help="fit sides: leave glibc's malloc as it is (default: fit's keep_memory, on a CPU)")
     parser.add_argument("--data", default=None, help="path to cifar10-jpeg.npz (default: ../shared/data, bench/_carry)")
     parser.add_argument("--skip-textbook", action="store_true", help="measure only the engine")
     args = parser.parse_args()
@@ -277,6 +329,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first is warm-up).")
+    args.amp = "bf16" if args.bf16 else True          # True: fit's default, bf16 autocast on CUDA only
+    args.channels_last = not args.nchw
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -298,56 +352,77 @@ def main() -> None:
     print(f"data: {source}")
     print(f"model: {model_name} + projection head (512, 128), NT-Xent, SGD; batch {batch_size} images "
           f"(= {2 * batch_size} views); {n_images} images per epoch; {args.epochs} epochs per side, first is warm-up; "
-          f"bf16 {args.bf16}, channels_last {args.channels_last}, compile {args.compile}")
+          f"autocast {'bf16' if args.bf16 or on_gpu else 'none'}, fit channels_last {args.channels_last}, "
+          f"compile {args.compile}, keep_memory {not args.no_keep_memory}")
     print()
 
-    # (b) throughput: the same fit, two data pipelines, and (c) the step alone on one fixed batch.
-    # The sides take turns, one epoch each, so that a change in the machine's load hits all alike.
+    # (b) throughput: the textbook pipeline, the textbook data in fit, the engine, and (c) the step alone
+    # on one fixed batch. The sides take turns, one epoch each, so that a change in the machine's load
+    # hits all alike.
     engine_loader = DeviceBatches(torch.from_numpy(images_hwc).permute(0, 3, 1, 2).contiguous(),
                                   torch.from_numpy(labels), batch_size, device, augment=augment.simclr_augment(32),
                                   views=2, mean=mean, std=std, seed=0)
     fixed_batch = next(iter(engine_loader.epoch(0)))
-    sides = []
-    if not args.skip_textbook:
+
+    def textbook_loader():
         dataset = TwoViewCIFAR(images_hwc, labels, textbook_transform(mean, std))
-        textbook_loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=args.workers,
-            pin_memory=on_gpu, persistent_workers=args.workers > 0)
-        sides.append(Side(f"textbook: PIL + torchvision transforms + DataLoader ({args.workers} workers"
-                          f"{', pinned memory' if on_gpu else ''})", textbook_loader, model_name, device, args,
-                          batch_size))
-    sides.append(Side("sslcourse: DeviceBatches + simclr_augment (batched, on the device)", engine_loader,
-                      model_name, device, args, batch_size))
-    sides.append(Side("model step alone (one fixed batch, no data pipeline)",
-                      RepeatBatch(fixed_batch, len(engine_loader)), model_name, device, args, batch_size))
-    for round_ in range(args.epochs):
-        for side in sides:
-            seconds = side.epoch()
-            print(f"  round {round_ + 1}/{args.epochs}{' (warm-up)' if round_ == 0 else ''}: "
-                  f"{side.name.split(':')[0]} {seconds:.2f} s", flush=True)
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                                           num_workers=args.workers, pin_memory=on_gpu,
+                                           persistent_workers=args.workers > 0)
+
+    textbook_data = (f"PIL + torchvision transforms + DataLoader ({args.workers} workers"
+                     f"{', pinned memory' if on_gpu else ''})")
+    sides = {}
+    if not args.skip_textbook:
+        sides["textbook"] = Side(f"textbook: {textbook_data}, plain loop (NCHW)", textbook_loader(),
+                                 "textbook", model_name, device, args, batch_size)
+        sides["textbook data"] = Side(f"textbook data: {textbook_data}, in sslcourse.train.fit", textbook_loader(),
+                                      "fit", model_name, device, args, batch_size)
+    sides["engine"] = Side("sslcourse engine: DeviceBatches + simclr_augment (batched, on the device) + fit",
+                           engine_loader, "fit", model_name, device, args, batch_size)
+    sides["step"] = Side("model step alone: fit on one fixed batch, no data pipeline",
+                         RepeatBatch(fixed_batch, len(engine_loader)), "fit", model_name, device, args, batch_size)
+    # On a CPU, fit changes glibc's malloc settings for the whole process while it trains
+    # (sslcourse.allocator), and what it restores afterwards favours later code. So that the
+    # textbook runs as it would in a student's kernel, it trains all its epochs first, before any
+    # fit; the other sides then take turns.
+    allocator_tuned = device.type == "cpu" and not args.no_keep_memory and allocator.available()
+    if allocator_tuned and "textbook" in sides:
+        phases = [["textbook"], [key for key in sides if key != "textbook"]]
+    else:
+        phases = [list(sides)]
+    for phase in phases:
+        for round_ in range(args.epochs):
+            for key in phase:
+                seconds = sides[key].epoch()
+                print(f"  round {round_ + 1}/{args.epochs}{' (warm-up)' if round_ == 0 else ''}: "
+                      f"{key} {seconds:.2f} s", flush=True)
+        print(f"  load average: {load_average()}")
     print()
-    rows = [(side.name, side.images_per_second(), side.seconds_per_step(), side.cpu_seconds_per_image())
-            for side in sides]
-    textbook_ips = rows[0][1] if not args.skip_textbook else None
-    engine_ips = rows[-2][1]
 
     model = make_model(model_name).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    flops = step_flops(model, fixed_batch, device, "bf16" if args.bf16 else False, args.channels_last)
-    peak_dtype = torch.bfloat16 if args.bf16 else torch.float32
+    flops = step_flops(model, fixed_batch, device, args.amp, args.channels_last)
+    peak_dtype = torch.bfloat16 if args.bf16 or on_gpu else torch.float32
     peak = matmul_peak(device, peak_dtype, 8192 if on_gpu else 2048)
 
     print("| pipeline | images/s | s/step | CPU ms/image | model TFLOP/s | of matmul peak |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, ips, seconds, cpu in rows:
-        achieved = flops / seconds
-        print(f"| {name} | {ips:,.0f} | {seconds:.3f} | {1000 * cpu:.2f} | {achieved / 1e12:.3f} "
-              f"| {100 * achieved / peak:.1f}% |")
+    for side in sides.values():
+        achieved = flops / side.seconds_per_step()
+        print(f"| {side.name} | {side.images_per_second():,.0f} | {side.seconds_per_step():.3f} "
+              f"| {1000 * side.cpu_seconds_per_image():.2f} | {achieved / 1e12:.3f} | {100 * achieved / peak:.1f}% |")
     print()
+    engine = sides["engine"]
     if not args.skip_textbook:
-        print(f"engine / textbook: **{engine_ips / textbook_ips:.2f}x** images per second, "
-              f"**{rows[0][3] / rows[-2][3]:.2f}x** less CPU time per image")
+        for key, what in (("textbook", "end to end, part (b)"), ("textbook data", "the data pipeline alone")):
+            other = sides[key]
+            print(f"engine / {key}: **{engine.images_per_second() / other.images_per_second():.2f}x** images per "
+                  f"second, {other.cpu_seconds_per_image() / engine.cpu_seconds_per_image():.2f}x less CPU time "
+                  f"per image ({what})")
+        print(f"model step alone / textbook: {sides['step'].images_per_second() / sides['textbook'].images_per_second():.2f}x "
+              f"(what a free data pipeline would reach)")
     print(f"one step = {flops / 1e9:.1f} GFLOP (forward + backward of {2 * batch_size} views, counted by "
           f"FlopCounterMode); matmul peak {peak / 1e12:.3f} TFLOP/s ({str(peak_dtype).replace('torch.', '')}, "
           f"{8192 if on_gpu else 2048}^3)")

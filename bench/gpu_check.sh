@@ -85,7 +85,7 @@ status=0
 case "$PART" in
   engine)
     run_step bench_augment "$PY" bench/bench_augment.py --device cuda "${DATA[@]}" || status=$?
-    run_step bench_engine "$PY" bench/bench_engine.py --device cuda --bf16 --channels-last "${DATA[@]}" || status=$?
+    run_step bench_engine "$PY" bench/bench_engine.py --device cuda --bf16 "${DATA[@]}" || status=$?
     ;;
   rotation|moco)
     script="bench/bench_${PART}.py"

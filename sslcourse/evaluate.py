@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .allocator import keep_freed_memory
 from .data import normalize, to_float
 
 __all__ = ["extract_features", "knn_predict", "knn_accuracy", "linear_probe", "label_efficiency",
@@ -44,13 +45,15 @@ def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, *, mean, st
     encoder.to(device).eval()
     try:
         chunks = []
-        for start in range(0, len(images_uint8), batch_size):
-            x = normalize(to_float(images_uint8[start:start + batch_size].to(device, non_blocking=True)), mean, std)
-            f = encoder(x) if block is None else encoder.block_features(x, block)
-            if f.ndim != 2:
-                raise ValueError(f"The encoder returned features of shape {tuple(f.shape)}; expected [B, D]. "
-                                 "Pool or flatten them in the encoder's forward.")
-            chunks.append(f.float())
+        with keep_freed_memory(device.type == "cpu"):  # each batch re-allocates the same large maps
+            for start in range(0, len(images_uint8), batch_size):
+                x = normalize(to_float(images_uint8[start:start + batch_size].to(device, non_blocking=True)),
+                              mean, std)
+                f = encoder(x) if block is None else encoder.block_features(x, block)
+                if f.ndim != 2:
+                    raise ValueError(f"The encoder returned features of shape {tuple(f.shape)}; expected [B, D]. "
+                                     "Pool or flatten them in the encoder's forward.")
+                chunks.append(f.float())
         if not chunks:
             raise ValueError("extract_features got no images.")
         return torch.cat(chunks)
