@@ -8,11 +8,11 @@ tensors every step: the first ConvNet block's output for 512 views of 32×32 ima
 and the kernel zeroing fresh pages. PyTorch's CPU performance tuning guide suggests
 preloading jemalloc or tcmalloc for this reason; a running notebook kernel cannot swap its
 allocator, but it can retune glibc's with ``mallopt(3)``, which is what :func:`keep_freed_memory`
-does. On the course's 2-core machine this made a ConvNet training step 20–35% faster in
-channels_last and up to 1.6× faster in NCHW (bench/RESULTS.md, "Engine").
+does. On the course's 2-core machine this made a ConvNet training step 1.3–1.5× faster, in
+channels_last and in NCHW alike, and feature extraction 1.5–1.7× faster (bench/bench_allocator.py; bench/RESULTS.md, "Engine").
 
-The cost: memory freed while it is active stays with the process (its resident size stays
-at its peak) until the process ends. Elsewhere (macOS, Windows, musl) it does nothing.
+The cost: while it is active, freed memory stays with the process for reuse (its resident
+size stays at its peak). Elsewhere (macOS, Windows, musl) it does nothing.
 """
 from __future__ import annotations
 

@@ -256,7 +256,7 @@ def fit(model: nn.Module, loss_fn: Callable, loader: Any, optimizer: torch.optim
         log_every: read the loss back from the device every this many steps.
         keep_memory: on a CPU, keep freed memory in the process while training instead of
             handing large blocks back to the kernel each step (:mod:`sslcourse.allocator`;
-            Linux with glibc only; 20–35% faster steps on the course's machine).
+            Linux with glibc only; steps 1.3-1.5x faster on the course's machine).
 
     Raises:
         NonFiniteLossError: the loss became NaN or Inf (the checkpoint keeps the last good epoch).
