@@ -5,11 +5,13 @@ to the kernel as soon as they are freed (blocks above its mmap threshold: 128 Ki
 raised on the fly up to 32 MiB). A training step frees and re-allocates the same large
 tensors every step: the first ConvNet block's output for 512 views of 32×32 images is
 512 · 32 · 32 · 32 · 4 B = 67 MB, and so is its gradient. Each step then pays page faults
-and the kernel zeroing fresh pages. PyTorch's CPU performance tuning guide suggests
-preloading jemalloc or tcmalloc for this reason; a running notebook kernel cannot swap its
-allocator, but it can retune glibc's with ``mallopt(3)``, which is what :func:`keep_freed_memory`
-does. On the course's 2-core machine this made a ConvNet training step 1.3–1.5× faster, in
-channels_last and in NCHW alike, and feature extraction 1.5–1.7× faster (bench/bench_allocator.py; bench/RESULTS.md, "Engine").
+and the kernel zeroing fresh pages. PyTorch's performance tuning guide ("Switch memory
+allocator", https://pytorch.org/tutorials/recipes/recipes/tuning_guide.html) suggests preloading
+jemalloc or tcmalloc, which reuse memory, for this reason; a running notebook kernel cannot swap
+its allocator, but it can retune glibc's with ``mallopt(3)``, which is what
+:func:`keep_freed_memory` does. On the course's 2-core machine this made a ConvNet training
+step 1.3–1.5× faster, in channels_last and in NCHW alike, and feature extraction 1.5–1.7×
+faster (bench/bench_allocator.py; bench/RESULTS.md, "Engine").
 
 The cost: while it is active, freed memory stays with the process for reuse (its resident
 size stays at its peak). Elsewhere (macOS, Windows, musl) it does nothing.
