@@ -35,9 +35,11 @@ Part (c) counts the FLOPs of one training step (forward and backward, with
 each side's achieved FLOP/s, as a fraction of this machine's measured peak (a large float32
 matmul on the CPU; bfloat16 on CUDA).
 
-Each side runs ``--epochs`` epochs over ``--images`` images, the sides taking turns epoch by
-epoch (so that a change in a shared machine's load hits all sides alike); the first epoch is
-warm-up (worker start-up, kernel selection) and the median of the others is reported. Uses real CIFAR-10
+Each side runs ``--epochs`` epochs over ``--images`` images; the first epoch is warm-up (worker
+start-up, kernel selection) and the median of the others is reported. The sides take turns epoch
+by epoch, so that a change in a shared machine's load hits all alike, except on a CPU with
+``keep_memory``, where the textbook runs its epochs first (see above): there a change in load
+between the two phases does enter the ratio, so run it more than once. Uses real CIFAR-10
 from ``cifar10-jpeg.npz`` (``--data``; default: ../shared/data, then bench/_carry) when present,
 random images otherwise. Timings on a shared machine are provisional: the load average is
 printed before and after.
@@ -240,15 +242,14 @@ def textbook_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, d
     Model and batches stay in PyTorch's default layout (NCHW); the running loss is read with
     ``loss.item()`` every step, as such loops print or log it.
     """
-    from sslcourse.train import _autocast
-
+    autocast = amp == "bf16" or (amp is True and device.type == "cuda")   # the same rule as fit's
     model.to(device).train()
     sync(device)
     start = time.perf_counter()
     running_loss = 0.0
     for (x1, x2), labels in loader:
         x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
-        with _autocast(device, amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = simclr_loss(model, ((x1, x2), labels))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

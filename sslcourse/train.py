@@ -6,6 +6,8 @@ A notebook writes only what its method is about, a ``loss_fn(model, batch)``;
 * puts the model (and each batch) on the device, in ``channels_last`` layout;
 * runs the forward pass under bfloat16 autocast on CUDA (bf16 needs no loss scaling);
 * optionally compiles the model with ``torch.compile``;
+* on a CPU, keeps freed memory in the process while it trains, so the large activations
+  are not faulted in again every step (:mod:`sslcourse.allocator`);
 * shows a progress bar (``tqdm.auto``: a widget in a notebook, text elsewhere) and a
   live loss curve in notebooks (:class:`sslcourse.plots.LivePlot`, redrawn at most
   every 1.5 s);
