@@ -33,10 +33,15 @@ def _mallinfo2():
 
 
 def mmapped_blocks_for_big_tensor() -> int:
-    """How many more mmapped blocks glibc holds while a fresh 100 MB tensor is alive."""
+    """How many more mmapped blocks glibc holds while a fresh big tensor is alive.
+
+    The tensor is 100 MB larger than all the free memory in the heap (``fordblks``), so no
+    free chunk left over from earlier tests can serve it: only the mmap setting decides.
+    """
     mallinfo2 = _mallinfo2()
+    elements = BIG + mallinfo2().fordblks // 4
     before = mallinfo2().hblks
-    tensor = torch.empty(BIG)
+    tensor = torch.empty(elements)
     during = mallinfo2().hblks
     del tensor
     return during - before
