@@ -1,12 +1,21 @@
 """sslcourse: the support package of a hands-on course on self-supervised learning.
 
-The notebooks teach the methods; this package holds what they share: budget presets,
-datasets, batched augmentation, backbones, one training loop, evaluation, results and
-plots, and the checks behind the autograded test cells. See ``docs/PACKAGE.md``.
+The notebooks teach the methods; this package holds what they share. Read it bottom up:
+
+* ``environment``: the only reader of environment variables; ``budget``: the presets;
+  ``session``: ``setup()``, the first call of every notebook;
+* ``data``: datasets and the device-resident loader; ``augment``: batched augmentations;
+* ``models``: backbones and heads; ``train``: one training loop, ``fit``;
+* ``evaluate``: kNN, linear probe, label efficiency; ``results`` and ``plots``;
+* ``recipes``: one module per method notebook, the method's training on top of ``fit``;
+* ``checks`` and ``grading``: behind the autograded test cells and nbgrader.
+
+See ``docs/PACKAGE.md``.
 """
 from .budget import Budget, choose_budget
-from .runtime import choose_device, course_home, data_dir, results_dir, seed_everything, setup
+from .environment import course_home, data_dir, results_dir
+from .session import Session, choose_device, seed_everything, setup
 
 __version__ = "0.1.0"
-__all__ = ["Budget", "choose_budget", "choose_device", "course_home", "data_dir", "results_dir",
+__all__ = ["Budget", "Session", "choose_budget", "choose_device", "course_home", "data_dir", "results_dir",
            "seed_everything", "setup", "__version__"]

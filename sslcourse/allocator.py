@@ -36,6 +36,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from . import environment
+
 __all__ = ["keep_freed_memory", "available"]
 
 # mallopt(3) parameter numbers, from glibc's <malloc.h>.
@@ -52,14 +54,10 @@ _lock = threading.Lock()
 _depth = 0
 
 
-def _user_chose_an_allocator(environ=os.environ) -> bool:
-    """True when the environment already configures or replaces malloc: leave that choice alone."""
-    preload = environ.get("LD_PRELOAD", "")
-    if any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc")):
-        return True
-    if "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
-        return True
-    return any(key.startswith("MALLOC_") and key.endswith("_") for key in environ)
+def _user_chose_an_allocator(environ=None) -> bool:
+    """True when the environment already configures or replaces malloc: leave that choice alone
+    (:attr:`sslcourse.environment.Environment.custom_allocator`)."""
+    return environment.read(environ).custom_allocator
 
 
 def _glibc() -> ctypes.CDLL | None:

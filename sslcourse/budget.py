@@ -19,9 +19,10 @@ under nbgrader the preset is always ``smoke``, so autograding stays fast).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from . import environment
 
 PRESETS = ("smoke", "cpu", "gpu")
 
@@ -86,23 +87,22 @@ def accelerator_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
-def choose_budget(environ: Mapping[str, str] | None = None,
+def choose_budget(environ: "Mapping[str, str] | environment.Environment | None" = None,
                   has_accelerator: bool | None = None) -> Budget:
-    """Choose the preset from the environment and the hardware.
+    """Choose the preset from the environment (:mod:`sslcourse.environment`) and the hardware.
 
     Order of precedence: grading (``NBGRADER_EXECUTION``) > ``SSLCOURSE_FAST`` >
     ``SSLCOURSE_BUDGET`` > the hardware.
     """
-    env = os.environ if environ is None else environ
-    if env.get("NBGRADER_EXECUTION"):
-        return make_budget("smoke", f"running under nbgrader {env['NBGRADER_EXECUTION']}")
-    if env.get("SSLCOURSE_FAST", "") not in ("", "0"):
+    env = environment.read(environ) if environ is None or isinstance(environ, Mapping) else environ
+    if env.grading:
+        return make_budget("smoke", f"running under nbgrader {env.grading}")
+    if env.fast:
         return make_budget("smoke", "SSLCOURSE_FAST is set")
-    forced = env.get("SSLCOURSE_BUDGET", "").strip().lower()
-    if forced:
-        if forced not in PRESETS:
-            raise ValueError(f"SSLCOURSE_BUDGET={forced!r} is not a preset: expected one of {', '.join(PRESETS)}.")
-        return make_budget(forced, "SSLCOURSE_BUDGET is set")
+    if env.budget:
+        if env.budget not in PRESETS:
+            raise ValueError(f"SSLCOURSE_BUDGET={env.budget!r} is not a preset: expected one of {', '.join(PRESETS)}.")
+        return make_budget(env.budget, "SSLCOURSE_BUDGET is set")
     if has_accelerator is None:
         has_accelerator = accelerator_available()
     if has_accelerator:

@@ -19,8 +19,9 @@ def doctor() -> int:
     import torchvision
 
     from .budget import choose_budget
-    from .data import _cache_path
-    from .runtime import choose_device, data_dir, results_dir
+    from .data import cache_path
+    from .environment import data_dir, results_dir
+    from .session import choose_device
 
     print(f"python       {platform.python_version()} ({sys.executable})")
     print(f"torch        {torch.__version__}   torchvision {torchvision.__version__}")
@@ -36,7 +37,7 @@ def doctor() -> int:
     print(f"{choose_budget()}")
     print(f"data dir     {data_dir()}")
     for name in ("cifar10", "stl10", "embedded"):
-        path = _cache_path(name, data_dir())
+        path = cache_path(name)
         print(f"  {name:<10} {'cached' if path.exists() else 'not cached'} ({path.name})")
     print(f"results dir  {results_dir()}")
     return 0
@@ -44,14 +45,14 @@ def doctor() -> int:
 
 def data(name: str, source: str | None) -> int:
     from .budget import make_budget
-    from .data import _cache_path, _save_cache, load_cifar10_npz, load_dataset, load_image_folder
-    from .runtime import data_dir
+    from .data import cache_path, load_cifar10_npz, load_dataset, load_image_folder, save_cache
+    from .environment import data_dir
 
     if source is not None:
         path = Path(source)
         dataset = load_cifar10_npz(path) if path.suffix == ".npz" else load_image_folder(path)
         dataset.name = name
-        _save_cache(dataset, _cache_path(name, data_dir()))
+        save_cache(dataset, cache_path(name))
         print(f"cached {dataset!r} as '{name}' in {data_dir()}")
         return 0
     budget = make_budget("gpu", "sslcourse data")  # the full dataset, downloads allowed

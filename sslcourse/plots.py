@@ -8,13 +8,14 @@ In a notebook the inline backend shows it at the end of the cell; end the line w
 from __future__ import annotations
 
 import io
-import os
 import time
 from typing import Mapping, Sequence
 
 import matplotlib
 import numpy as np
 import torch
+
+from . import environment
 
 __all__ = ["image_grid", "plot_reconstructions", "plot_curves", "plot_similarity", "plot_embedding",
            "plot_label_efficiency", "LivePlot", "in_notebook", "live_plot_allowed"]
@@ -101,16 +102,18 @@ def plot_reconstructions(rows: Mapping[str, object], n: int = 8, scale: float = 
 
 
 def plot_curves(curves, *, xlabel: str = "epoch", ylabel: str | None = None, title: str | None = None,
-                logy: bool = False, ax=None):
+                logy: bool = False, ax=None, baselines: Mapping[str, float] | None = None):
     """Plot named curves: ``{"loss": [...], "kNN %": [...]}``, or a :class:`sslcourse.train.History`.
 
     A History draws its per-step loss (raw and smoothed) on the left and its per-epoch
-    metrics on the right. Returns the Figure.
+    metrics on the right (``ylabel`` labels that panel), exactly as ``fit``'s live plot
+    does, with the same colours; ``baselines`` adds dashed reference lines per metric.
+    Returns the Figure.
     """
     plt = _pyplot()
     if hasattr(curves, "losses") and hasattr(curves, "epochs"):
         fig = plt.figure(figsize=(10, 3.5))
-        _draw_history(fig, curves.losses, curves.epochs, title)
+        _draw_history(fig, curves.losses, curves.epochs, title, baselines, ylabel)
         return fig
     if not isinstance(curves, Mapping):
         raise TypeError(f"plot_curves expects a dict of name -> values or a History, got {type(curves).__name__}.")
@@ -233,11 +236,9 @@ def in_notebook() -> bool:
 
 
 def live_plot_allowed(environ: Mapping[str, str] | None = None) -> bool:
-    """A live plot is drawn only in a notebook kernel, and never under nbgrader or ``SSLCOURSE_FAST``."""
-    env = os.environ if environ is None else environ
-    if env.get("NBGRADER_EXECUTION") or env.get("SSLCOURSE_FAST", "") not in ("", "0"):
-        return False
-    return in_notebook()
+    """A live plot is drawn only in a notebook kernel, and never under nbgrader or ``SSLCOURSE_FAST``
+    (:attr:`sslcourse.environment.Environment.live_plots_allowed`; ``environ`` defaults to the process's)."""
+    return environment.read(environ).live_plots_allowed and in_notebook()
 
 
 def _smooth(values: Sequence[float], window: int) -> np.ndarray:
@@ -248,11 +249,28 @@ def _smooth(values: Sequence[float], window: int) -> np.ndarray:
     return np.convolve(v, kernel, mode="valid")
 
 
-def _draw_history(fig, losses: Sequence[float], epochs: Sequence[Mapping], title: str | None) -> None:
-    """Left: loss per step (raw, faint; smoothed, solid). Right: per-epoch numeric metrics."""
-    metric_names = [k for k in (epochs[0] if epochs else {}) if k not in ("epoch", "loss", "time", "lr")
-                    and isinstance(epochs[0][k], (int, float))]
-    axes = fig.subplots(1, 2 if metric_names else 1, squeeze=False)[0]
+def metric_names(epochs: Sequence[Mapping]) -> list[str]:
+    """The numeric per-epoch metrics of a history, in order of first appearance (their colour order)."""
+    names: list[str] = []
+    for record in epochs:
+        for key, value in record.items():
+            if key not in ("epoch", "loss", "time", "lr", "steps", "partial") and key not in names \
+                    and isinstance(value, (int, float)) and not isinstance(value, bool):
+                names.append(key)
+    return names
+
+
+def _draw_history(fig, losses: Sequence[float], epochs: Sequence[Mapping], title: str | None,
+                  baselines: Mapping[str, float] | None = None, ylabel: str | None = None) -> None:
+    """Left: loss per step (raw, faint; smoothed, solid). Right: per-epoch numeric metrics.
+
+    Metric ``i`` is always drawn in colour ``C{i+1}`` (``C0`` is the loss), so the live plot and
+    the final plot of a run agree. ``baselines`` maps a metric name to a reference value (e.g. the
+    kNN accuracy of a random encoder), drawn as a dashed line in that metric's colour.
+    """
+    names = metric_names(epochs)
+    baselines = dict(baselines or {})
+    axes = fig.subplots(1, 2 if names or baselines else 1, squeeze=False)[0]
     ax = axes[0]
     if len(losses):
         steps = np.arange(1, len(losses) + 1)
@@ -264,14 +282,22 @@ def _draw_history(fig, losses: Sequence[float], epochs: Sequence[Mapping], title
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.set_title(title or "training loss")
-    if metric_names:
+    if names or baselines:
         ax = axes[1]
         xs = [e.get("epoch", i + 1) for i, e in enumerate(epochs)]
-        for name in metric_names:
-            ax.plot(xs, [e.get(name, np.nan) for e in epochs], marker="o", label=name)
+        order = names + [b for b in baselines if b not in names]
+        for i, name in enumerate(order):
+            colour = f"C{(i + 1) % 10}"
+            if name in names:
+                ax.plot(xs, [e.get(name, np.nan) for e in epochs], marker="o", color=colour, label=name)
+            if name in baselines:
+                ax.axhline(float(baselines[name]), color=colour, ls="--", lw=1.2, label=f"{name}, random init")
         ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel or "per-epoch metrics")
+        if xs:
+            ax.set_xlim(0.5, max(xs) + 0.5)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
 
 
@@ -290,10 +316,14 @@ class LivePlot:
         title: title of the loss panel.
         enabled: ``None`` = :func:`live_plot_allowed`.
         min_interval: seconds between two redraws.
+        baselines: reference values per metric, drawn dashed (e.g. ``{"knn": random_init_knn}``).
+        ylabel: label of the metrics panel, e.g. ``"accuracy (%)"``.
     """
 
-    def __init__(self, title: str | None = None, enabled: bool | None = None, min_interval: float = 1.5):
+    def __init__(self, title: str | None = None, enabled: bool | None = None, min_interval: float = 1.5,
+                 baselines: Mapping[str, float] | None = None, ylabel: str | None = None):
         self.title = title
+        self.baselines, self.ylabel = dict(baselines or {}), ylabel
         self.enabled = live_plot_allowed() if enabled is None else enabled
         self.min_interval = min_interval
         self._handle = None
@@ -305,7 +335,7 @@ class LivePlot:
         from matplotlib.figure import Figure  # not pyplot: the inline backend must not show it again
 
         fig = Figure(figsize=(10, 3.2), dpi=72)
-        _draw_history(fig, losses, epochs, self.title)
+        _draw_history(fig, losses, epochs, self.title, self.baselines, self.ylabel)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
         return buffer.getvalue()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,8 @@ import torch
 from torch import nn
 
 from .budget import Budget, choose_budget
-from .runtime import results_dir
+from .environment import results_dir
+from .files import atomic_write, to_plain, torch_save_atomic
 
 __all__ = ["Run", "save_run", "load_run", "list_runs", "RunNotFoundError", "CorruptedRunError"]
 
@@ -87,13 +87,7 @@ def _notebook_for(name: str) -> str:
 
 def _jsonable(value: Any, where: str) -> Any:
     """Plain JSON values: tensors and NumPy numbers become numbers or lists; NaN/Inf become None."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        value = value.item() if value.numel() == 1 else value.tolist()
-    elif hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0:  # NumPy scalar
-        value = value.item()
-    elif hasattr(value, "tolist") and hasattr(value, "dtype"):  # NumPy array
-        value = value.tolist()
+    value = to_plain(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if value is None or isinstance(value, (bool, int, str)):
@@ -124,13 +118,6 @@ def _numeric_keys(value: Any) -> Any:
     return out
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_run(name: str, metrics: Mapping[str, Any], encoder: nn.Module | None = None,
              budget: Budget | str | None = None) -> Path:
     """Save ``metrics`` (and the ``encoder``'s weights) as run ``name`` of the active preset.
@@ -153,11 +140,11 @@ def save_run(name: str, metrics: Mapping[str, Any], encoder: nn.Module | None = 
     weights = folder / f"{name}.pt"
     if encoder is not None:
         state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-        _write_atomic(weights, lambda p: torch.save(state, p))
+        torch_save_atomic(state, weights)
     elif weights.exists():
         weights.unlink()  # a stale encoder from an earlier save under this name would mislead
     path = folder / f"{name}.json"
-    _write_atomic(path, lambda p: p.write_text(json.dumps(record, indent=1, allow_nan=False)))
+    atomic_write(path, lambda p: p.write_text(json.dumps(record, indent=1, allow_nan=False)))
     return path
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for sslcourse.budget (preset precedence), sslcourse.runtime (paths, seeds, device)
+"""Unit tests for sslcourse.budget (preset precedence), sslcourse.environment (paths, the one reader of os.environ), sslcourse.session (seeds, device)
 and sslcourse.checks (expected-vs-got messages, stdout only)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sslcourse import budget as budget_module
-from sslcourse import checks, runtime
+from sslcourse import checks, environment, session
 from sslcourse.budget import PRESETS, Budget, choose_budget, make_budget
 
 # --- budget -------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def test_budget_is_frozen_and_printable():
     assert "all training images" in str(make_budget("gpu"))
 
 
-# --- runtime ------------------------------------------------------------------------------
+# --- environment and session ------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -116,32 +116,59 @@ def clean_paths(monkeypatch):
 
 
 def test_paths_default_to_the_checkout(clean_paths):
-    checkout = Path(runtime.__file__).resolve().parents[1]
+    checkout = Path(environment.__file__).resolve().parents[1]
     if not (checkout / "solutions").is_dir():
         pytest.skip("sslcourse is not running from a course checkout")
-    assert runtime.course_home() == checkout
-    assert runtime.data_dir() == checkout / "data"
-    assert runtime.results_dir() == checkout / "results"
+    assert environment.course_home() == checkout
+    assert environment.data_dir() == checkout / "data"
+    assert environment.results_dir() == checkout / "results"
 
 
 def test_home_moves_data_and_results(clean_paths, tmp_path):
     clean_paths.setenv("SSLCOURSE_HOME", str(tmp_path / "course"))
-    assert runtime.course_home() == tmp_path / "course"
-    assert runtime.data_dir() == tmp_path / "course" / "data"
-    assert runtime.results_dir() == tmp_path / "course" / "results"
+    assert environment.course_home() == tmp_path / "course"
+    assert environment.data_dir() == tmp_path / "course" / "data"
+    assert environment.results_dir() == tmp_path / "course" / "results"
 
 
 def test_data_and_results_overrides_are_absolute(clean_paths, tmp_path):
     clean_paths.chdir(tmp_path)
     clean_paths.setenv("SSLCOURSE_DATA", "cache")
     clean_paths.setenv("SSLCOURSE_RESULTS", "runs")
-    assert runtime.data_dir() == tmp_path / "cache" and runtime.data_dir().is_absolute()
-    assert runtime.results_dir() == tmp_path / "runs" and runtime.results_dir().is_absolute()
+    assert environment.data_dir() == tmp_path / "cache" and environment.data_dir().is_absolute()
+    assert environment.results_dir() == tmp_path / "runs" and environment.results_dir().is_absolute()
 
 
 def test_home_expands_the_user(clean_paths):
     clean_paths.setenv("SSLCOURSE_HOME", "~/somewhere")
-    assert runtime.course_home() == (Path.home() / "somewhere").resolve()
+    assert environment.course_home() == (Path.home() / "somewhere").resolve()
+
+
+def test_environment_reads_each_rule_from_a_plain_mapping(tmp_path):
+    env = environment.read({"NBGRADER_EXECUTION": "autograde", "SSLCOURSE_FAST": "0", "SSLCOURSE_BUDGET": " CPU ",
+                            "SSLCOURSE_DATASET": "embedded", "SSLCOURSE_HOME": str(tmp_path),
+                            "LD_PRELOAD": "/usr/lib/libjemalloc.so.2"})
+    assert env.grading == "autograde" and not env.fast and env.budget == "cpu" and env.dataset == "embedded"
+    assert env.data_dir == tmp_path / "data" and env.results_dir == tmp_path / "results"
+    assert env.custom_allocator and not env.live_plots_allowed
+    quiet = environment.read({"SSLCOURSE_HOME": str(tmp_path)})
+    assert quiet.grading is None and quiet.dataset is None and quiet.live_plots_allowed
+    assert not quiet.custom_allocator
+    assert not environment.read({"SSLCOURSE_FAST": "1", "SSLCOURSE_HOME": str(tmp_path)}).live_plots_allowed
+    assert environment.read({"MALLOC_ARENA_MAX_": "2", "SSLCOURSE_HOME": str(tmp_path)}).custom_allocator
+
+
+def test_only_the_environment_module_reads_environment_variables():
+    """Environment policy lives in one module: no other module of the package reads os.environ."""
+    package = Path(environment.__file__).resolve().parent
+    readers = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "environment.py":
+            continue
+        text = path.read_text()
+        if any(token in text for token in ("os.environ", "getenv(", "from os import environ")):
+            readers.append(str(path.relative_to(package)))
+    assert readers == [], f"modules reading os.environ outside sslcourse.environment: {readers}"
 
 
 def _draws():
@@ -149,31 +176,31 @@ def _draws():
 
 
 def test_seed_everything_is_reproducible():
-    first = runtime.seed_everything(7)
+    first = session.seed_everything(7)
     draws = _draws(), torch.rand(2, generator=first).tolist()
-    second = runtime.seed_everything(7)
+    second = session.seed_everything(7)
     assert (_draws(), torch.rand(2, generator=second).tolist()) == draws
-    runtime.seed_everything(8)
+    session.seed_everything(8)
     assert _draws() != draws[0]
 
 
 def test_seed_everything_returns_a_seeded_cpu_generator():
-    generator = runtime.seed_everything(3)
+    generator = session.seed_everything(3)
     assert isinstance(generator, torch.Generator) and generator.device.type == "cpu"
     assert generator.initial_seed() == 3
 
 
 def test_choose_device_honours_the_override(clean_paths):
-    assert runtime.choose_device("cpu") == torch.device("cpu")
+    assert session.choose_device("cpu") == torch.device("cpu")
     clean_paths.setenv("SSLCOURSE_DEVICE", "cpu")
-    assert runtime.choose_device() == torch.device("cpu")
+    assert session.choose_device() == torch.device("cpu")
 
 
 @pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
 def test_choose_device_prefers_cuda_then_mps(clean_paths, cuda, mps, expected):
     clean_paths.setattr(torch.cuda, "is_available", lambda: cuda)
     clean_paths.setattr(torch.backends.mps, "is_available", lambda: mps)
-    assert runtime.choose_device().type == expected
+    assert session.choose_device().type == expected
 
 
 # --- checks -------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sslcourse import data as D
-from sslcourse import embedded
+from sslcourse.data import datasets as D
+from sslcourse.data import embedded
+from sslcourse.data.batches import DeviceBatches
 from sslcourse.budget import make_budget
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -119,7 +120,7 @@ def test_smoke_preset_never_downloads(tmp_path, monkeypatch):
 
 
 def test_corrupted_cache_says_so(tmp_path):
-    path = D._cache_path("cifar10", tmp_path)
+    path = D.cache_path("cifar10", tmp_path)
     path.write_bytes(b"not a torch file")
     with pytest.raises(D.DatasetError, match="corrupted.*Delete it"):
         D.load_dataset("cifar10", budget=make_budget("cpu"), root=tmp_path)
@@ -229,7 +230,7 @@ def _images(n=20):
 
 def test_device_batches_cover_a_permutation_each_epoch():
     x, y = _images(20)
-    loader = D.DeviceBatches(x, y, batch_size=5, device="cpu")
+    loader = DeviceBatches(x, y, batch_size=5, device="cpu")
     assert len(loader) == 4
     seen = torch.cat([b[1] for b in loader.epoch(0)])
     assert sorted(seen.tolist()) == sorted(y.tolist())
@@ -242,7 +243,7 @@ def test_device_batches_cover_a_permutation_each_epoch():
 def test_device_batches_two_views_and_normalisation():
     x, y = _images(16)
     flip = lambda v, g: torch.where(torch.rand(len(v), 1, 1, 1, generator=g, device=v.device) < 0.5, v.flip(-1), v)
-    loader = D.DeviceBatches(x, y, 8, "cpu", augment=flip, views=2, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    loader = DeviceBatches(x, y, 8, "cpu", augment=flip, views=2, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     (a, b), labels = next(iter(loader))
     assert a.shape == b.shape == (8, 3, 8, 8) and a.dtype == torch.float32
     assert labels.shape == (8,)
@@ -253,8 +254,8 @@ def test_device_batches_two_views_and_normalisation():
 def test_device_batches_errors_say_what_was_expected():
     x, y = _images(4)
     with pytest.raises(TypeError, match="expects uint8"):
-        D.DeviceBatches(x.float(), y, 2, "cpu")
+        DeviceBatches(x.float(), y, 2, "cpu")
     with pytest.raises(ValueError, match="4 images but 3 labels"):
-        D.DeviceBatches(x, y[:3], 2, "cpu")
+        DeviceBatches(x, y[:3], 2, "cpu")
     with pytest.raises(ValueError, match="larger than the 4 images"):
-        D.DeviceBatches(x, y, 8, "cpu")
+        DeviceBatches(x, y, 8, "cpu")

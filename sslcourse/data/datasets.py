@@ -1,20 +1,15 @@
-"""Named datasets as uint8 tensors, a cache, the loud offline fallback, and device-resident batches.
+"""Named datasets as uint8 tensors, their cache, and the loud offline fallback.
 
-Datasets load once into a :class:`ImageDataset` of uint8 tensors ``[N, 3, H, W]``
+Datasets load once into an :class:`ImageDataset` of uint8 tensors ``[N, 3, H, W]``
 (plus int64 labels) and are cached as one ``.pt`` file under :func:`sslcourse.data_dir`.
 CIFAR-10 and STL-10 come through torchvision's own download code; image folders
 through :class:`torchvision.datasets.ImageFolder`. With no network and no cache,
-:func:`load_dataset` falls back to the embedded dataset of :mod:`sslcourse.embedded`
-and says so loudly.
-
-Training then never touches a Python data loader: :class:`DeviceBatches` keeps the
-whole uint8 set on the training device and serves batches by indexing a per-epoch
-permutation (the airbench approach: Jordan 2024, ``cifar10-airbench``).
+:func:`load_dataset` falls back to the embedded dataset of :mod:`sslcourse.data.embedded`
+and says so loudly, with the way to bring CIFAR-10 in by hand.
 """
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,9 +17,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .. import environment
+from ..budget import Budget, choose_budget
+from ..files import torch_save_atomic
 from . import embedded
-from .budget import Budget, choose_budget
-from .runtime import data_dir
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 EMBEDDED_TRAIN, EMBEDDED_TEST = 10_000, 2_000
@@ -111,12 +107,16 @@ def _cache_path(name: str, root: Path) -> Path:
     return root / f"{name}.v{_CACHE_VERSION}.pt"
 
 
-def _save_cache(data: ImageDataset, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"name": data.name, "train_x": data.train_x, "train_y": data.train_y, "test_x": data.test_x,
-                "test_y": data.test_y, "classes": list(data.classes), "note": data.note}, tmp)
-    os.replace(tmp, path)  # atomic: an interrupted save never leaves a half-written cache
+def cache_path(name: str, root: Path | None = None) -> Path:
+    """Where the dataset ``name`` is cached (``root`` defaults to :func:`sslcourse.data_dir`)."""
+    return _cache_path(name, Path(root) if root is not None else environment.data_dir())
+
+
+def save_cache(data: ImageDataset, path: Path) -> None:
+    """Cache ``data`` at ``path`` atomically: an interrupted save never leaves a half-written cache."""
+    torch_save_atomic({"name": data.name, "train_x": data.train_x, "train_y": data.train_y,
+                       "test_x": data.test_x, "test_y": data.test_y, "classes": list(data.classes),
+                       "note": data.note}, path)
 
 
 def _load_cache(path: Path) -> ImageDataset:
@@ -136,7 +136,7 @@ def load_cifar10(root: Path | str | None = None, download: bool = True) -> Image
     """CIFAR-10 (Krizhevsky, 2009) through :class:`torchvision.datasets.CIFAR10`: 50,000 / 10,000 images, 32×32."""
     from torchvision.datasets import CIFAR10
 
-    root = Path(root) if root is not None else data_dir()
+    root = Path(root) if root is not None else environment.data_dir()
     parts = [CIFAR10(str(root), train=train, download=download) for train in (True, False)]
     to_x = lambda d: torch.from_numpy(np.asarray(d.data)).permute(0, 3, 1, 2).contiguous()
     to_y = lambda d: torch.tensor(d.targets, dtype=torch.long)
@@ -148,7 +148,7 @@ def load_stl10(root: Path | str | None = None, download: bool = True, size: int 
     """STL-10 (Coates et al., 2011) labelled splits through :class:`torchvision.datasets.STL10`, resized to ``size``."""
     from torchvision.datasets import STL10
 
-    root = Path(root) if root is not None else data_dir()
+    root = Path(root) if root is not None else environment.data_dir()
     parts = [STL10(str(root), split=split, download=download) for split in ("train", "test")]
 
     def to_x(d):
@@ -230,7 +230,7 @@ def _cached_or_built(name: str, build: Callable[[], ImageDataset], root: Path) -
         return _load_cache(path)
     data = build()
     try:
-        _save_cache(data, path)
+        save_cache(data, path)
     except OSError:  # a read-only data folder only costs speed, never the run
         pass
     return data
@@ -255,8 +255,9 @@ def load_dataset(name: str = "auto", budget: Budget | None = None, verbose: bool
     CIFAR-10 from the cache or torchvision's download, and if that fails, the embedded set, loudly.
     """
     budget = budget or choose_budget()
-    root = Path(root) if root is not None else data_dir()
-    name = os.environ.get("SSLCOURSE_DATASET", name) if name == "auto" else name
+    env = environment.read()
+    root = Path(root) if root is not None else env.data_dir
+    name = (env.dataset or name) if name == "auto" else name
     say = print if verbose else (lambda *a, **k: None)
 
     if name == "auto" and budget.offline_only:
@@ -269,7 +270,11 @@ def load_dataset(name: str = "auto", budget: Budget | None = None, verbose: bool
             say("=" * 78)
             say("sslcourse: CIFAR-10 is not available, so this notebook uses the EMBEDDED dataset")
             say(f"  (colour digits over photographs, built offline). Reason: {reason}")
-            say(f"  To use CIFAR-10, connect to the internet or place the dataset in {root}, then rerun.")
+            say("  To use CIFAR-10, connect to the internet and rerun, or bring it in by hand:")
+            say("    - torchvision's archive: place cifar-10-python.tar.gz (or its folder")
+            say(f"      cifar-10-batches-py/) in {root}, then rerun;")
+            say("    - a folder of images (train/<class>/*.png, test/<class>/*.png) or the course's")
+            say("      cifar10-jpeg.npz: run   sslcourse data cifar10 --import PATH   then rerun.")
             say("=" * 78)
             data = _embedded(budget, root)
             data.note += f"; fallback because CIFAR-10 failed to load ({reason})"
@@ -289,86 +294,3 @@ def load_dataset(name: str = "auto", budget: Budget | None = None, verbose: bool
     data = data.subset(budget.train_images, budget.test_images)
     say(f"sslcourse: dataset {data!r} — {data.note}")
     return data
-
-
-# ---------------------------------------------------------------- batches on the device
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[B, C, H, W]`` → float32 in [0, 1]."""
-    if x.dtype != torch.uint8:
-        raise TypeError(f"to_float expects uint8 images, got {x.dtype}.")
-    return x.float().div_(255)
-
-
-def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """Per-channel ``(x - mean) / std`` for float ``[B, C, H, W]``."""
-    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
-
-
-class DeviceBatches:
-    """Serve a uint8 image set from the training device, one shuffled batch at a time.
-
-    The whole set lives on ``device`` once (CIFAR-10 is 150 MB as uint8), so a batch is one
-    indexing operation plus augmentation on the device: no worker processes, no PIL.
-
-    Args:
-        images: uint8 ``[N, 3, H, W]``.  labels: int64 ``[N]``.
-        augment: ``augment(x01, generator) -> x01``, applied per view with per-sample randomness.
-        views: 1 yields ``(x, y)``; 2 yields ``((x1, x2), y)``, two independent augmentations of each image.
-        mean, std: per-channel normalisation applied last (``None``: leave in [0, 1]).
-        seed: the permutation and augmentation of epoch ``e`` depend only on ``(seed, e)``, so an epoch
-            can be replayed exactly (this is what makes checkpoint/resume exact).
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device | str,
-                 *, augment: Callable | None = None, views: int = 1, mean=None, std=None, seed: int = 0,
-                 shuffle: bool = True, drop_last: bool = True):
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise TypeError(f"DeviceBatches expects uint8 images [N, C, H, W], got {images.dtype} {tuple(images.shape)}.")
-        if len(images) != len(labels):
-            raise ValueError(f"DeviceBatches: {len(images)} images but {len(labels)} labels.")
-        if views not in (1, 2):
-            raise ValueError(f"views must be 1 or 2, got {views}.")
-        self.device = torch.device(device)
-        self.images = images.to(self.device)
-        self.labels = labels.to(self.device)
-        self.batch_size = min(batch_size, len(images)) if not drop_last else batch_size
-        if drop_last and len(images) < batch_size:
-            raise ValueError(f"DeviceBatches: batch_size {batch_size} is larger than the {len(images)} images "
-                             f"with drop_last=True: no batch would be served.")
-        self.augment, self.views, self.mean, self.std = augment, views, mean, std
-        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def generator(self, epoch: int) -> torch.Generator:
-        """The random stream of one epoch, on the loader's device."""
-        return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch)
-
-    def _view(self, x_uint8: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = to_float(x_uint8)
-        if self.augment is not None:
-            x = self.augment(x, generator)
-        if self.mean is not None:
-            x = normalize(x, self.mean, self.std)
-        return x
-
-    def epoch(self, epoch: int = 0) -> Iterator:
-        """Yield the batches of epoch ``epoch``: ``(x, y)`` or ``((x1, x2), y)``."""
-        g = self.generator(epoch)
-        n = len(self.labels)
-        order = torch.randperm(n, device=self.device, generator=g) if self.shuffle else torch.arange(n, device=self.device)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x, y = self.images[idx], self.labels[idx]
-            if self.views == 1:
-                yield self._view(x, g), y
-            else:
-                yield (self._view(x, g), self._view(x, g)), y
-
-    def __iter__(self) -> Iterator:
-        return self.epoch(0)

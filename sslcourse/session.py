@@ -1,53 +1,28 @@
-"""Where things live and what runs them: paths, device, seeds, and the notebooks' setup call.
+"""A notebook's first call: :func:`setup` returns the :class:`Session` the rest of it uses.
 
-Notebooks never use relative paths, because nbgrader autogrades them from
-``autograded/<student>/<id>/``. Everything is found from here instead:
-
-* ``SSLCOURSE_HOME`` if set, else the repository checkout that holds this package
-  (an editable install), else ``~/sslcourse``;
-* data under ``<home>/data`` (or ``SSLCOURSE_DATA``);
-* results under ``<home>/results`` (or ``SSLCOURSE_RESULTS``).
+``setup`` sits above the environment policy (:mod:`sslcourse.environment`), the presets
+(:mod:`sslcourse.budget`) and the datasets (:mod:`sslcourse.data`), and below everything a
+notebook does with them. Notebooks never use relative paths, because nbgrader autogrades them
+from ``autograded/<student>/<id>/``; every path comes from :mod:`sslcourse.environment`.
 """
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import environment
 from .budget import Budget, choose_budget
+from .data import ImageDataset, load_dataset
 
-
-def course_home() -> Path:
-    """The folder that holds ``data/`` and ``results/``."""
-    if os.environ.get("SSLCOURSE_HOME"):
-        return Path(os.environ["SSLCOURSE_HOME"]).expanduser().resolve()
-    checkout = Path(__file__).resolve().parent.parent
-    if (checkout / "pyproject.toml").exists() and (checkout / "solutions").is_dir():
-        return checkout
-    return Path.home() / "sslcourse"
-
-
-def data_dir() -> Path:
-    """Dataset cache: ``SSLCOURSE_DATA`` or ``<home>/data``."""
-    if os.environ.get("SSLCOURSE_DATA"):
-        return Path(os.environ["SSLCOURSE_DATA"]).expanduser().resolve()
-    return course_home() / "data"
-
-
-def results_dir() -> Path:
-    """Saved runs: ``SSLCOURSE_RESULTS`` or ``<home>/results``."""
-    if os.environ.get("SSLCOURSE_RESULTS"):
-        return Path(os.environ["SSLCOURSE_RESULTS"]).expanduser().resolve()
-    return course_home() / "results"
+__all__ = ["Session", "setup", "choose_device", "seed_everything"]
 
 
 def choose_device(prefer: str | None = None) -> torch.device:
-    """CUDA if present, then Apple MPS, then the CPU. ``SSLCOURSE_DEVICE`` or ``prefer`` overrides."""
-    prefer = prefer or os.environ.get("SSLCOURSE_DEVICE")
+    """CUDA if present, then Apple MPS, then the CPU. ``prefer`` or ``SSLCOURSE_DEVICE`` overrides."""
+    prefer = prefer or environment.read().device
     if prefer:
         return torch.device(prefer)
     if torch.cuda.is_available():
@@ -68,12 +43,19 @@ def seed_everything(seed: int = 0) -> torch.Generator:
 
 @dataclass
 class Session:
-    """What a notebook's setup cell hands to the rest of the notebook."""
+    """What a notebook's setup cell hands to the rest of the notebook.
+
+    Attributes:
+        budget: the preset (:class:`sslcourse.budget.Budget`): epochs, image counts, batch sizes.
+        device: where training runs.
+        seed: the seed :func:`setup` used.
+        data: the dataset, already cut to the budget's size.
+    """
 
     budget: Budget
     device: torch.device
     seed: int
-    data: "object"  # sslcourse.data.ImageDataset, typed loosely to avoid an import cycle
+    data: ImageDataset
 
 
 def setup(seed: int = 0, dataset: str = "auto", verbose: bool = True) -> Session:
@@ -82,8 +64,6 @@ def setup(seed: int = 0, dataset: str = "auto", verbose: bool = True) -> Session
     Prints one line each for the preset, the device and the dataset (and, loudly,
     why the embedded dataset is used when it is).
     """
-    from .data import load_dataset
-
     budget = choose_budget()
     device = choose_device()
     if budget.name == "smoke":

@@ -1,0 +1,118 @@
+"""Environment policy: everything the course reads from environment variables, in one place.
+
+This is the only module of ``sslcourse`` that reads ``os.environ``. Every other module
+asks it, so the rules below are the whole story:
+
+===========================  ================================================================
+variable                     effect
+===========================  ================================================================
+``NBGRADER_EXECUTION``       set by nbgrader (``autograde``, ``validate``): the smoke preset,
+                             no live plots, no downloads
+``SSLCOURSE_FAST=1``         the smoke preset and no live plots (CI, quick checks)
+``SSLCOURSE_BUDGET``         force a preset: ``smoke``, ``cpu`` or ``gpu`` (grading still wins)
+``SSLCOURSE_DEVICE``         force a device, e.g. ``cpu`` or ``cuda:1``
+``SSLCOURSE_DATASET``        what ``dataset="auto"`` means: ``embedded``, ``cifar10``, ...
+``SSLCOURSE_HOME``           the folder holding ``data/`` and ``results/``
+``SSLCOURSE_DATA``           the dataset cache (default ``<home>/data``)
+``SSLCOURSE_RESULTS``        saved runs (default ``<home>/results``)
+``LD_PRELOAD``,              a malloc the user chose (jemalloc, tcmalloc, mimalloc, glibc
+``MALLOC_*_``,               tunables): :mod:`sslcourse.allocator` then leaves malloc alone
+``GLIBC_TUNABLES``
+===========================  ================================================================
+
+:func:`read` takes a snapshot as an :class:`Environment`; passing a plain dict instead of the
+process environment is how the tests exercise each rule.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+__all__ = ["Environment", "read", "course_home", "data_dir", "results_dir"]
+
+_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What the environment asks of the course (a snapshot; see the module docstring).
+
+    Attributes:
+        grading: nbgrader's ``NBGRADER_EXECUTION`` value (``"autograde"``, ``"validate"``) or ``None``.
+        fast: ``SSLCOURSE_FAST`` is set to something other than ``""`` or ``"0"``.
+        budget: the preset forced by ``SSLCOURSE_BUDGET`` (lower case), or ``None``.
+        device: the device forced by ``SSLCOURSE_DEVICE``, or ``None``.
+        dataset: what ``"auto"`` means when ``SSLCOURSE_DATASET`` is set, else ``None``.
+        home, data_dir, results_dir: absolute paths.
+        custom_allocator: the user preloaded or configured malloc.
+    """
+
+    grading: str | None
+    fast: bool
+    budget: str | None
+    device: str | None
+    dataset: str | None
+    home: Path
+    data_dir: Path
+    results_dir: Path
+    custom_allocator: bool
+
+    @property
+    def live_plots_allowed(self) -> bool:
+        """Live plots are for people: never under nbgrader or ``SSLCOURSE_FAST``."""
+        return not self.grading and not self.fast
+
+
+def _path(value: str) -> Path:
+    return Path(value).expanduser().resolve()
+
+
+def _default_home() -> Path:
+    """The repository checkout that holds this package (an editable install), else ``~/sslcourse``."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").exists() and (checkout / "solutions").is_dir():
+        return checkout
+    return Path.home() / "sslcourse"
+
+
+def _custom_allocator(env: Mapping[str, str]) -> bool:
+    preload = env.get("LD_PRELOAD", "")
+    if any(name in preload for name in _ALLOCATORS):
+        return True
+    if "glibc.malloc" in env.get("GLIBC_TUNABLES", ""):
+        return True
+    return any(key.startswith("MALLOC_") and key.endswith("_") for key in env)
+
+
+def read(environ: Mapping[str, str] | None = None) -> Environment:
+    """Read the course's settings from ``environ`` (default: the process environment, now)."""
+    env = os.environ if environ is None else environ
+    home = _path(env["SSLCOURSE_HOME"]) if env.get("SSLCOURSE_HOME") else _default_home()
+    return Environment(
+        grading=env.get("NBGRADER_EXECUTION") or None,
+        fast=env.get("SSLCOURSE_FAST", "") not in ("", "0"),
+        budget=env.get("SSLCOURSE_BUDGET", "").strip().lower() or None,
+        device=env.get("SSLCOURSE_DEVICE") or None,
+        dataset=env.get("SSLCOURSE_DATASET") or None,
+        home=home,
+        data_dir=_path(env["SSLCOURSE_DATA"]) if env.get("SSLCOURSE_DATA") else home / "data",
+        results_dir=_path(env["SSLCOURSE_RESULTS"]) if env.get("SSLCOURSE_RESULTS") else home / "results",
+        custom_allocator=_custom_allocator(env),
+    )
+
+
+def course_home() -> Path:
+    """The folder that holds ``data/`` and ``results/``."""
+    return read().home
+
+
+def data_dir() -> Path:
+    """Dataset cache: ``SSLCOURSE_DATA`` or ``<home>/data``."""
+    return read().data_dir
+
+
+def results_dir() -> Path:
+    """Saved runs: ``SSLCOURSE_RESULTS`` or ``<home>/results``."""
+    return read().results_dir
