@@ -65,7 +65,7 @@ sys.path.insert(0, str(REPO))
 from benchutil import machine_name  # noqa: E402
 from sslcourse import allocator, augment  # noqa: E402
 from sslcourse.data import DeviceBatches  # noqa: E402
-from sslcourse.models import ConvNet, MLPHead, ResNet18  # noqa: E402
+from sslcourse.models import ConvNet, ProjectionHead, ResNet18  # noqa: E402
 from sslcourse.train import fit  # noqa: E402
 
 DATA_CANDIDATES = [
@@ -165,7 +165,7 @@ def simclr_loss(model: nn.Module, batch) -> torch.Tensor:
 
 def make_model(name: str) -> nn.Module:
     backbone = ConvNet(width=32) if name == "convnet" else ResNet18()
-    return nn.Sequential(backbone, MLPHead(backbone.feature_dim, 512, 128))
+    return nn.Sequential(backbone, ProjectionHead(backbone.feature_dim, 128, hidden_dim=512, batch_norm=True))
 
 
 def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:

@@ -3,14 +3,12 @@
     python bench/bench_rotation.py --preset cpu              # 10k/2k images, small ConvNet, ~5 min on 2 free cores
     python bench/bench_rotation.py --preset gpu --minutes 5  # 50k/10k images, CIFAR ResNet-18, bf16, channels_last
 
-**Same code path as the notebook.** The recipe is not copied here. This script reads
-``solutions/05_rotation/05_rotation.ipynb`` and executes the cells tagged ``rotnet-recipe``:
-the imports, the solutions of ``rotate_batch``, ``rotnet_loss`` and ``block_features``, and the
-locked recipe cell. Every constant (epochs, lr, momentum, weight decay, warm-up, flip, probe
-settings) lives in that cell's ``RECIPE`` and ``PROBE`` dicts, one value per budget preset, and
-training goes through the notebook's ``train_rotnet``, which calls ``sslcourse.train.fit`` on
-``sslcourse.data.DeviceBatches`` with horizontal flips and the backbone of
-``sslcourse.models.make_backbone``. Change the recipe in the notebook and this benchmark follows.
+**Same code path as the notebook.** The recipe is not copied here: training and probes are
+``sslcourse.recipes.rotation`` (``run``, ``probe_blocks``, ``rotation_accuracy``), the functions the
+notebook's locked cells call, with every constant in its ``RECIPE`` and ``PROBE`` tables. The
+exercise functions (``rotate_batch``, ``rotnet_loss``, ``block_features``) come from the solution
+notebook through ``bench/solutions.py``. Change the recipe and the notebook and this benchmark
+follow together.
 
 What it prints: the kNN accuracy (k=200, T=0.1, cosine) of the random-init encoder and of the
 RotNet encoder on the pooled last block (the features every method notebook reports), a
@@ -34,7 +32,6 @@ set) before torch starts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -47,39 +44,16 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.solutions import solution_functions  # noqa: E402
 from sslcourse.budget import make_budget  # noqa: E402
 from sslcourse.data import embedded_digits, load_cifar10_npz  # noqa: E402
-from sslcourse.runtime import seed_everything  # noqa: E402
+from sslcourse.recipes import rotation  # noqa: E402
+from sslcourse.session import Session, seed_everything  # noqa: E402
 
-NOTEBOOK = ROOT / "solutions" / "05_rotation" / "05_rotation.ipynb"
-RECIPE_TAG = "rotnet-recipe"
+EXERCISES = ("rotate_batch", "rotnet_loss", "block_features")
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.npz"
 SIZES = {"cpu": (10_000, 2_000), "gpu": (None, None)}
 CALIBRATION_STEPS = 30
-
-
-def notebook_recipe(path: Path = NOTEBOOK) -> dict:
-    """Execute the notebook's cells tagged ``rotnet-recipe`` and return their namespace.
-
-    The ipynb is read as plain JSON (no nbformat needed on a bare GPU machine). Tracebacks
-    point at ``<notebook>#rotnet-recipe``.
-    """
-    if not path.exists():
-        raise SystemExit(f"bench_rotation: expected the instructor notebook at {path}, found no file.")
-    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-    sources = ["".join(cell["source"]) for cell in cells if RECIPE_TAG in cell.get("metadata", {}).get("tags", [])]
-    if not sources:
-        raise SystemExit(f"bench_rotation: no cell of {path} is tagged {RECIPE_TAG!r}.")
-    if not any("### BEGIN SOLUTION" in source for source in sources):
-        raise SystemExit(f"bench_rotation: {path} holds no solutions (a student release?); "
-                         "point it at solutions/05_rotation/05_rotation.ipynb.")
-    namespace: dict = {"__name__": "rotnet_recipe"}
-    exec(compile("\n\n".join(sources), f"{path}#{RECIPE_TAG}", "exec"), namespace)
-    for name in ("rotate_batch", "rotnet_loss", "block_features", "RECIPE", "PROBE", "ROTATION_SETS",
-                 "random_encoder", "rotnet_epochs", "train_rotnet", "probe_blocks", "rotation_accuracy"):
-        if name not in namespace:
-            raise SystemExit(f"bench_rotation: the {RECIPE_TAG} cells of {path} define no {name!r}.")
-    return namespace
 
 
 def load_data(spec: str, preset: str):
@@ -95,18 +69,20 @@ def load_data(spec: str, preset: str):
     return load_cifar10_npz(path).subset(train_images, test_images)
 
 
-def plan_epochs(recipe: dict, data, budget, device, minutes: float | None) -> tuple[int, str]:
+def plan_epochs(session: Session, solutions: dict, minutes: float | None) -> tuple[int, str]:
     """The recipe's epochs, or fewer (even, ≥ 2) so that training fits ``minutes``."""
-    angles = recipe["ROTATION_SETS"]["4 rotations"]
-    epochs = recipe["rotnet_epochs"](budget, angles)
+    angles = rotation.ROTATION_SETS["4 rotations"]
+    epochs = rotation.rotnet_epochs(session.budget, angles)
     if minutes is None:
         return epochs, "the recipe's epochs"
-    images_per_step = budget.batch_size // len(angles)
+    data = session.data
+    images_per_step = session.budget.batch_size // len(angles)
     calibration = data.subset(min(len(data.train_y), CALIBRATION_STEPS * images_per_step), 10)
     # Two epochs of the real training path on a slice of the data: the first warms up (cuDNN
     # autotuning, allocator), the second is timed.
-    _, history = recipe["train_rotnet"](calibration, angles, budget, device, seed=1, epochs=2,
-                                        live_plot=False, progress=False, desc="calibration")
+    _, history = rotation.run(session, angles, rotate_batch=solutions["rotate_batch"],
+                              rotnet_loss=solutions["rotnet_loss"], data=calibration, epochs=2,
+                              live_plot=False, progress=False, desc="calibration")
     seconds_per_step = history.epochs[1]["time"] / (len(history.losses) // 2)
     steps_per_epoch = len(data.train_y) // images_per_step
     affordable = int(minutes * 60 / (seconds_per_step * steps_per_epoch))
@@ -132,7 +108,7 @@ def main() -> None:
         raise SystemExit("bench_rotation: the gpu preset needs CUDA and none is available "
                          "(pass --device cpu to run it on the CPU anyway; it takes hours).")
     budget = make_budget(args.preset, reason="bench_rotation")
-    recipe = notebook_recipe()
+    solutions = solution_functions("05_rotation", EXERCISES)
     seed_everything(args.seed)
     threads = f", {torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu{threads}"
@@ -141,24 +117,26 @@ def main() -> None:
     t = time.perf_counter()
     data = load_data(args.data, args.preset)
     print(f"data: {data!r} ({data.note}); loaded in {time.perf_counter() - t:.1f} s")
+    session = Session(budget=budget, device=device, seed=args.seed, data=data)
 
-    R = recipe["RECIPE"]
-    angles = recipe["ROTATION_SETS"]["4 rotations"]
+    R = rotation.RECIPE
+    angles = rotation.ROTATION_SETS["4 rotations"]
     pick = budget.pick
-    print(f"recipe ({NOTEBOOK.relative_to(ROOT)}, cells tagged {RECIPE_TAG}): backbone {budget.backbone}, "
+    print(f"recipe (sslcourse/recipes/rotation.py): backbone {budget.backbone}, "
           f"{budget.batch_size} rotated images per step ({budget.batch_size // 4} images × 4 rotations), "
           f"SGD lr {pick(**R['lr'])} momentum {R['momentum']} nesterov {R['nesterov']} wd {R['weight_decay']}, "
           f"warm-up {R['warmup']:.0%} then cosine, flip p={R['flip']}, {pick(**R['epochs'])} epochs")
 
     t = time.perf_counter()
-    random_probe = recipe["probe_blocks"](recipe["random_encoder"](budget, args.seed), data, device, budget)
+    random_probe = rotation.probe_blocks(rotation.random_encoder(budget, args.seed), data, device, budget,
+                                         block_features=solutions["block_features"])
     print(f"random init probed in {time.perf_counter() - t:.1f} s")
 
-    epochs, note = plan_epochs(recipe, data, budget, device, args.minutes)
+    epochs, note = plan_epochs(session, solutions, args.minutes)
     print(f"training: {epochs} epochs ({note})")
     t = time.perf_counter()
-    model, history = recipe["train_rotnet"](data, angles, budget, device, seed=args.seed, epochs=epochs,
-                                            live_plot=False, progress=False)
+    model, history = rotation.run(session, angles, rotate_batch=solutions["rotate_batch"],
+                                  rotnet_loss=solutions["rotnet_loss"], epochs=epochs, live_plot=False, progress=False)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_seconds = time.perf_counter() - t
@@ -168,8 +146,9 @@ def main() -> None:
           f"final loss {history.epochs[-1]['loss']:.3f}, training rotation acc {100 * history.epochs[-1]['rotation acc']:.1f}%")
 
     t = time.perf_counter()
-    rotnet_probe = recipe["probe_blocks"](model.encoder, data, device, budget)
-    pretext = recipe["rotation_accuracy"](model, data, angles, device)
+    rotnet_probe = rotation.probe_blocks(model.encoder, data, device, budget,
+                                         block_features=solutions["block_features"])
+    pretext = rotation.rotation_accuracy(model, data, angles, device, rotate_batch=solutions["rotate_batch"])
     print(f"RotNet probed in {time.perf_counter() - t:.1f} s; rotation accuracy on held-out images {pretext:.1f}%")
 
     print()

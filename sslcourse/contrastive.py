@@ -9,9 +9,10 @@ holds what surrounds them:
   device, as the official MoCo CIFAR-10 demo does (``--bn-splits 8``);
 * :func:`batch_shuffle` / :func:`batch_unshuffle`: MoCo's "shuffling BN" (Sec. 3.3).
   The key encoder sees its batch in a random order, so that each key lands in a
-  different BN sub-batch than its query;
-* :class:`ProjectionHead` and :class:`MocoRecipe`: the projection head and the
-  hyper-parameters that the notebook and ``bench/bench_moco.py`` share.
+  different BN sub-batch than its query.
+
+The projection head is :class:`sslcourse.models.ProjectionHead`; MoCo's recipe, container and
+training are in :mod:`sslcourse.recipes.moco`.
 
 Why shuffling matters. In training mode BN normalises every sample with statistics of
 its sub-batch, so a sample's output carries a fingerprint of *which other samples* were
@@ -28,14 +29,11 @@ device keeps several splits and shuffles.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SplitBatchNorm", "convert_to_split_batchnorm", "batch_shuffle", "batch_unshuffle",
-           "ProjectionHead", "MocoRecipe", "moco_recipe"]
+__all__ = ["SplitBatchNorm", "convert_to_split_batchnorm", "batch_shuffle", "batch_unshuffle"]
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
@@ -161,82 +159,3 @@ def batch_unshuffle(y: torch.Tensor, unshuffle_index: torch.Tensor) -> torch.Ten
         raise ValueError(f"batch_unshuffle: {y.shape[0]} rows but an unshuffle index of "
                          f"length {unshuffle_index.shape[0]}; pass the index batch_shuffle returned.")
     return y[unshuffle_index]
-
-
-class ProjectionHead(nn.Module):
-    """MoCo v2's projection head (Chen, Fan, Girshick & He, 2020): ``[B, in_dim] -> [B, out_dim]``.
-
-    ``hidden_dim=None`` gives MoCo v1's single linear layer; otherwise Linear, ReLU, Linear.
-    There is no batch norm in it, so the head adds no path for BN to leak batch
-    statistics. The contrastive loss sees the (L2-normalised) output; downstream tasks
-    use the backbone's features before the head.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int | None = 512):
-        super().__init__()
-        if hidden_dim is None:
-            self.net = nn.Linear(in_dim, out_dim)
-        else:
-            self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True),
-                                     nn.Linear(hidden_dim, out_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-@dataclass(frozen=True)
-class MocoRecipe:
-    """The MoCo hyper-parameters shared by ``07_moco`` and ``bench/bench_moco.py``.
-
-    Attributes:
-        epochs: epochs of the notebook's main run (``bench_moco.py --preset gpu`` runs to a time budget instead).
-        batch_size: images per batch (queries; the keys are another view of the same images).
-        lr: SGD learning rate, reached after a linear warm-up and cosine-annealed to 0 after it.
-        warmup_epochs: length of the linear warm-up.
-        weight_decay, sgd_momentum: the SGD settings (the official demo: 5e-4, 0.9).
-        queue_size: K, the number of negatives kept in the queue.
-        momentum: m of the key encoder, θ_k ← m θ_k + (1 − m) θ_q.
-        temperature: τ of the InfoNCE loss.
-        projection_dim, hidden_dim: the projection head (``hidden_dim=None``: linear).
-        bn_splits: sub-batches of :class:`SplitBatchNorm` (1 = ordinary BN).
-    """
-
-    epochs: int
-    batch_size: int
-    lr: float
-    warmup_epochs: int
-    weight_decay: float
-    sgd_momentum: float
-    queue_size: int
-    momentum: float
-    temperature: float
-    projection_dim: int
-    hidden_dim: int | None
-    bn_splits: int
-
-
-# The GPU row follows the official CIFAR-10 demo (ResNet-18, batch 512, lr 0.06, wd 5e-4,
-# K 4096, m 0.99, τ 0.1, 8 BN splits: kNN 82.6% after 200 epochs), with MoCo v2's MLP head.
-# The demo's lr is kept, not scaled up with the batch: on the CPU row, doubling the lr made
-# the loss diverge within two epochs (bench/RESULTS.md, section 07_moco). The CPU row is
-# set by measurement for a run of a few minutes of the small ConvNet on 10,000 CIFAR-10
-# images. The smoke row only has to run.
-_RECIPES = {
-    "smoke": MocoRecipe(epochs=2, batch_size=64, lr=0.06, warmup_epochs=0, weight_decay=5e-4, sgd_momentum=0.9,
-                        queue_size=256, momentum=0.99, temperature=0.1, projection_dim=64,
-                        hidden_dim=128, bn_splits=4),
-    "cpu": MocoRecipe(epochs=15, batch_size=256, lr=0.06, warmup_epochs=1, weight_decay=5e-4, sgd_momentum=0.9,
-                      queue_size=4096, momentum=0.99, temperature=0.1, projection_dim=128,
-                      hidden_dim=512, bn_splits=8),
-    "gpu": MocoRecipe(epochs=50, batch_size=512, lr=0.06, warmup_epochs=2, weight_decay=5e-4, sgd_momentum=0.9,
-                      queue_size=4096, momentum=0.99, temperature=0.1, projection_dim=128,
-                      hidden_dim=512, bn_splits=8),
-}
-
-
-def moco_recipe(preset) -> MocoRecipe:
-    """The recipe for a budget preset: a :class:`sslcourse.budget.Budget` or its name."""
-    name = preset if isinstance(preset, str) else getattr(preset, "name", None)
-    if name not in _RECIPES:
-        raise ValueError(f"moco_recipe: expected a budget or one of {', '.join(_RECIPES)}, got {preset!r}.")
-    return _RECIPES[name]

@@ -10,14 +10,14 @@ The encoder is never trained here. Features stay on the device they were compute
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .allocator import keep_freed_memory
-from .data import normalize, to_float
+from .data.batches import normalize, to_float
 
 __all__ = ["extract_features", "knn_predict", "knn_accuracy", "linear_probe", "label_efficiency",
            "evaluate_encoder"]
@@ -25,18 +25,22 @@ __all__ = ["extract_features", "knn_predict", "knn_accuracy", "linear_probe", "l
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, *, mean, std, device: torch.device | str,
-                     batch_size: int = 512, block: int | None = None) -> torch.Tensor:
+                     batch_size: int = 512, block: int | None = None,
+                     features: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Encode uint8 images ``[N, 3, H, W]`` into float32 features ``[N, D]`` on ``device``.
 
     The encoder runs in eval mode (batch norm uses its running statistics) without
     gradients, on ``device`` (it is moved there); its train/eval mode is restored after.
-    ``block=k`` returns ``encoder.block_features(x, k)`` (1-based) instead of ``encoder(x)``.
+    ``block=k`` returns ``encoder.block_features(x, k)`` (1-based) instead of ``encoder(x)``;
+    ``features=f`` returns ``f(encoder, x)`` (e.g. a student's own pooling of one block).
     Images are normalised with ``mean`` and ``std`` (the dataset's, in [0, 1] units).
     """
     if not isinstance(images_uint8, torch.Tensor) or images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
         got = (f"{images_uint8.dtype} {tuple(images_uint8.shape)}" if isinstance(images_uint8, torch.Tensor)
                else type(images_uint8).__name__)
         raise TypeError(f"extract_features expects uint8 images [N, C, H, W], got {got}.")
+    if block is not None and features is not None:
+        raise TypeError("extract_features: pass block= or features=, not both.")
     if block is not None and not hasattr(encoder, "block_features"):
         raise TypeError(f"block={block} needs an encoder with block_features(x, block) "
                         f"(ConvNet, ResNet18); {type(encoder).__name__} has none.")
@@ -49,7 +53,10 @@ def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, *, mean, st
             for start in range(0, len(images_uint8), batch_size):
                 x = normalize(to_float(images_uint8[start:start + batch_size].to(device, non_blocking=True)),
                               mean, std)
-                f = encoder(x) if block is None else encoder.block_features(x, block)
+                if features is not None:
+                    f = features(encoder, x)
+                else:
+                    f = encoder(x) if block is None else encoder.block_features(x, block)
                 if f.ndim != 2:
                     raise ValueError(f"The encoder returned features of shape {tuple(f.shape)}; expected [B, D]. "
                                      "Pool or flatten them in the encoder's forward.")
@@ -125,14 +132,14 @@ def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
 
 
 def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor, *,
-                 epochs: int = 100, lr: float = 1.0, weight_decay: float = 1e-3,
+                 iterations: int = 100, lr: float = 1.0, weight_decay: float = 1e-3,
                  num_classes: int | None = None) -> float:
     """Accuracy (percent) of a linear classifier trained on frozen features.
 
     The features are standardised with the training set's per-dimension mean and std,
     then a multinomial logistic regression ``softmax(W f + b)`` is fitted to the whole
-    training set at once with L-BFGS (strong-Wolfe line search): ``epochs`` is the number
-    of L-BFGS iterations, each a full pass over the features. The objective is
+    training set at once with L-BFGS (strong-Wolfe line search), for at most ``iterations``
+    L-BFGS iterations, each a full pass over the features. The objective is
     ``cross_entropy + weight_decay / 2 · ||W||²``. Full-batch L-BFGS needs no batch
     order or learning-rate schedule, so the result is deterministic, and 10k×256
     features take well under a second on a CPU. Runs on the features' device.
@@ -149,7 +156,7 @@ def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     classifier = nn.Linear(x.shape[1], num_classes).to(device)
     nn.init.zeros_(classifier.weight)
     nn.init.zeros_(classifier.bias)
-    optimizer = torch.optim.LBFGS(classifier.parameters(), lr=lr, max_iter=epochs, history_size=20,
+    optimizer = torch.optim.LBFGS(classifier.parameters(), lr=lr, max_iter=iterations, history_size=20,
                                   line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
 
     def closure() -> torch.Tensor:
@@ -198,18 +205,25 @@ def label_efficiency(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch
 
 
 def evaluate_encoder(encoder: nn.Module, data, device: torch.device | str, block: int | None = None, *,
-                     k: int = 200, temperature: float = 0.1, batch_size: int = 512) -> dict:
+                     features: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                     k: int = 200, temperature: float = 0.1, linear: bool = True, linear_iterations: int = 100,
+                     batch_size: int = 512) -> dict:
     """kNN and linear-probe accuracy (percent) of a frozen encoder on an :class:`~sslcourse.data.ImageDataset`.
 
-    Returns ``{"knn": .., "linear": ..}``. ``block`` picks a block's pooled features (1-based).
+    Returns ``{"knn": .., "linear": ..}`` (only ``"knn"`` with ``linear=False``: the cheap
+    per-epoch monitor). ``block`` picks a block's pooled features (1-based); ``features``
+    is any ``f(encoder, x) -> [B, D]`` instead (see :func:`extract_features`). The kNN is
+    weighted (k = 200, T = 0.1 by default, as in the MoCo CIFAR-10 demo); the linear probe
+    runs ``linear_iterations`` L-BFGS iterations (:func:`linear_probe`).
     """
-    features = {split: extract_features(encoder, getattr(data, f"{split}_x"), mean=data.mean, std=data.std,
-                                        device=device, batch_size=batch_size, block=block)
-                for split in ("train", "test")}
-    train_y, test_y = data.train_y.to(features["train"].device), data.test_y.to(features["train"].device)
+    extracted = {split: extract_features(encoder, getattr(data, f"{split}_x"), mean=data.mean, std=data.std,
+                                         device=device, batch_size=batch_size, block=block, features=features)
+                 for split in ("train", "test")}
+    train_y, test_y = data.train_y.to(extracted["train"].device), data.test_y.to(extracted["train"].device)
     num_classes = getattr(data, "num_classes", None)
-    return {
-        "knn": knn_accuracy(features["train"], train_y, features["test"], test_y, k=k, temperature=temperature,
-                            num_classes=num_classes),
-        "linear": linear_probe(features["train"], train_y, features["test"], test_y, num_classes=num_classes),
-    }
+    result = {"knn": knn_accuracy(extracted["train"], train_y, extracted["test"], test_y, k=k,
+                                  temperature=temperature, num_classes=num_classes)}
+    if linear:
+        result["linear"] = linear_probe(extracted["train"], train_y, extracted["test"], test_y,
+                                        num_classes=num_classes, iterations=linear_iterations)
+    return result

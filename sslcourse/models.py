@@ -193,22 +193,33 @@ class LinearHead(nn.Module):
         return self.linear(x)
 
 
-class MLPHead(nn.Module):
-    """Projection head ``[B, in_dim] -> [B, out_dim]``: Linear, BatchNorm, ReLU, Linear.
+class ProjectionHead(nn.Module):
+    """The projection head between a backbone and a contrastive loss: ``[B, in_dim] -> [B, out_dim]``.
 
-    The head SimCLR (Chen et al., 2020) and MoCo v2 (Chen et al., 2020) put between
-    the backbone and the contrastive loss; the loss is computed on its output and
-    the backbone's features are kept for downstream tasks.
+    ``hidden_dim=None`` is a single Linear layer (MoCo v1: He et al., 2020). Otherwise it is
+    Linear, [BatchNorm], ReLU, Linear:
+
+    * ``batch_norm=False``: MoCo v2's head (Chen, Fan, Girshick & He, 2020), Linear-ReLU-Linear.
+      It has no BN, so the head adds no path for batch statistics to leak between the
+      samples of a batch (MoCo relies on shuffling BN for that in the backbone).
+    * ``batch_norm=True``: SimCLR's head (Chen, Kornblith, Norouzi & Hinton, 2020, appendix B.9:
+      BN after the hidden layer), also BYOL's projector (Grill et al., 2020).
+
+    The loss is computed on the head's output; downstream tasks use the backbone's features,
+    before the head.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int | None = 512, batch_norm: bool = False):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim, bias=False),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim),
-        )
+        if hidden_dim is None:
+            if batch_norm:
+                raise ValueError("ProjectionHead: batch_norm=True needs a hidden layer (hidden_dim is None).")
+            self.net = nn.Linear(in_dim, out_dim)
+        else:
+            hidden = [nn.Linear(in_dim, hidden_dim, bias=not batch_norm)]
+            if batch_norm:
+                hidden.append(nn.BatchNorm1d(hidden_dim))
+            self.net = nn.Sequential(*hidden, nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

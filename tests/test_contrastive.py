@@ -1,15 +1,11 @@
-"""Tests of sslcourse.contrastive: split batch norm, batch shuffling, the MoCo recipe."""
+"""Tests of sslcourse.contrastive: split batch norm and batch shuffling."""
 import copy
-import dataclasses
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from sslcourse.contrastive import (MocoRecipe, ProjectionHead, SplitBatchNorm, batch_shuffle, batch_unshuffle,
-                                   convert_to_split_batchnorm, moco_recipe)
+from sslcourse.contrastive import SplitBatchNorm, batch_shuffle, batch_unshuffle, convert_to_split_batchnorm
 from sslcourse.models import ConvNet
 
 
@@ -143,84 +139,3 @@ def test_shuffled_split_bn_keys_come_back_in_order():
 def test_batch_unshuffle_rejects_a_wrong_index():
     with pytest.raises(ValueError, match="unshuffle index"):
         batch_unshuffle(torch.zeros(4, 2), torch.arange(3))
-
-
-def test_projection_head_shapes():
-    assert ProjectionHead(32, 16, hidden_dim=64)(torch.randn(5, 32)).shape == (5, 16)
-    head = ProjectionHead(32, 16, hidden_dim=None)
-    assert isinstance(head.net, nn.Linear) and head(torch.randn(5, 32)).shape == (5, 16)
-    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in ProjectionHead(8).modules())
-
-
-def test_moco_recipe_presets():
-    from sslcourse.budget import make_budget
-    for name in ("smoke", "cpu", "gpu"):
-        recipe = moco_recipe(make_budget(name))
-        assert isinstance(recipe, MocoRecipe) and recipe == moco_recipe(name)
-        assert recipe.batch_size % recipe.bn_splits == 0
-        assert 0 < recipe.momentum < 1 and recipe.temperature > 0 and recipe.queue_size >= recipe.batch_size
-    with pytest.raises(ValueError, match="expected a budget"):
-        moco_recipe("laptop")
-
-
-# ------------------------------------------------------------------ bench/bench_moco.py (reference MoCo)
-
-REPO = Path(__file__).resolve().parents[1]
-CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10-jpeg.npz"
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_moco", REPO / "bench" / "bench_moco.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_timed_cosine_warms_up_then_anneals_to_zero_and_replans():
-    schedule = _bench_module().TimedCosine(total=100, warmup=10)
-    assert schedule(0) == pytest.approx(0.1) and schedule(9) == pytest.approx(1.0)
-    assert schedule(10) == pytest.approx(1.0) and schedule(100) == pytest.approx(0.0, abs=1e-12)
-    assert schedule(55) == pytest.approx(0.5)
-    schedule.total = 20                           # re-planned: the warm-up shrinks to a quarter
-    assert schedule(4) == pytest.approx(1.0) and schedule(20) == pytest.approx(0.0, abs=1e-12)
-
-
-def test_bench_moco_step_uses_the_queue_before_enqueueing_and_wraps():
-    bench = _bench_module()
-    recipe = dataclasses.replace(moco_recipe("smoke"), queue_size=40, batch_size=16, bn_splits=4,
-                                 projection_dim=8, hidden_dim=16)
-    torch.manual_seed(0)
-    model = bench.MoCo(ConvNet(width=4), recipe)
-    with torch.no_grad():
-        for p in model.query_encoder.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    key_before = [p.clone() for p in model.key_encoder.parameters()]
-    query_before = [p.clone() for p in model.query_encoder.parameters()]
-    pointers = []
-    for step in range(3):                         # K=40, N=16: the third write wraps around
-        queue_before = model.queue.clone()
-        x_q, x_k = torch.rand(16, 3, 16, 16), torch.rand(16, 3, 16, 16)
-        loss, accuracy = model(x_q, x_k)
-        assert torch.isfinite(loss) and 0 <= float(accuracy) <= 1
-        written = (16 * step + torch.arange(16)) % 40
-        assert not torch.equal(model.queue[written], queue_before[written])
-        untouched = torch.ones(40, dtype=torch.bool)
-        untouched[written] = False
-        assert torch.equal(model.queue[untouched], queue_before[untouched])
-        torch.testing.assert_close(model.queue[written].norm(dim=1), torch.ones(16))
-        loss.backward()
-        assert all(p.grad is None for p in model.key_encoder.parameters())
-        pointers.append(model.pointer)
-    assert pointers == [16, 32, 8]
-    for p, k0, q0 in zip(model.key_encoder.parameters(), key_before, query_before):
-        torch.testing.assert_close(p, q0 + 0.99 ** 3 * (k0 - q0))  # f_q unchanged (no optimiser step)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not CIFAR_NPZ.exists(), reason="needs ../shared/data/cifar10-jpeg.npz")
-def test_bench_moco_runs_end_to_end_on_a_tiny_cifar_subset(capsys):
-    _bench_module().main(["--preset", "cpu", "--data", str(CIFAR_NPZ), "--train-images", "64",
-                          "--test-images", "32", "--batch-size", "32", "--queue-size", "64", "--epochs", "1",
-                          "--minutes", "5"])
-    printed = capsys.readouterr().out
-    assert "random init: kNN" in printed and "MoCo: kNN" in printed and "| cpu | cpu | 64 / 32 |" in printed

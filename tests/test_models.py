@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sslcourse.budget import make_budget
-from sslcourse.models import ConvDecoder, ConvNet, LinearHead, MLPHead, ResNet18, make_backbone
+from sslcourse.models import ConvDecoder, ConvNet, LinearHead, ProjectionHead, ResNet18, make_backbone
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -76,7 +76,13 @@ def test_make_backbone_follows_the_budget():
 
 def test_heads():
     assert LinearHead(16, 10)(torch.randn(5, 16)).shape == (5, 10)
-    assert MLPHead(16, 32, 8)(torch.randn(5, 16)).shape == (5, 8)
+    simclr = ProjectionHead(16, 8, hidden_dim=32, batch_norm=True)
+    assert simclr(torch.randn(5, 16)).shape == (5, 8)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in simclr.modules())
+    moco_v2 = ProjectionHead(16, 8, hidden_dim=32)
+    assert moco_v2(torch.randn(5, 16)).shape == (5, 8)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in moco_v2.modules())
+    assert isinstance(ProjectionHead(16, 8, hidden_dim=None).net, torch.nn.Linear)
 
 
 def test_decoder_from_vector_and_from_map():

@@ -1,0 +1,207 @@
+"""The recipes (sslcourse/recipes/) and the benchmarks that must run them, not copies of them.
+
+The exercise functions come from the solution notebooks through bench/solutions.py, the same
+loader the benchmarks use.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from sslcourse.budget import make_budget
+from sslcourse.data import ImageDataset
+from sslcourse.recipes import moco, rotation
+from sslcourse.session import Session
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_NPZ = REPO.parent / "shared" / "data" / "cifar10-jpeg.npz"
+sys.path.insert(0, str(REPO))
+from bench.solutions import solution_functions  # noqa: E402
+
+
+def tiny_session(n_train=128, n_test=40, seed=0) -> Session:
+    g = torch.Generator().manual_seed(seed)
+    data = ImageDataset("tiny", torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g),
+                        torch.arange(n_train) % 4, torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8,
+                                                                 generator=g),
+                        torch.arange(n_test) % 4, ["a", "b", "c", "d"])
+    return Session(budget=make_budget("smoke", "test"), device=torch.device("cpu"), seed=seed, data=data)
+
+
+@pytest.fixture(scope="module")
+def moco_functions():
+    found = solution_functions("07_moco", ("moco_step", "moco_infonce", "momentum_update", "enqueue_dequeue",
+                                           "info_nce_in_batch"))
+    return found
+
+
+def run_kwargs(found):
+    return dict(moco_step=found["moco_step"], infonce=found["moco_infonce"], update=found["momentum_update"],
+                enqueue=found["enqueue_dequeue"])
+
+
+# ------------------------------------------------------------------------------------ MoCo
+
+def test_moco_recipe_presets():
+    for name in ("smoke", "cpu", "gpu"):
+        recipe = moco.moco_recipe(make_budget(name))
+        assert isinstance(recipe, moco.MocoRecipe) and recipe == moco.moco_recipe(name)
+        assert recipe.batch_size % recipe.bn_splits == 0
+        assert 0 < recipe.momentum < 1 and recipe.temperature > 0 and recipe.queue_size >= recipe.batch_size
+    with pytest.raises(ValueError, match="expected a budget"):
+        moco.moco_recipe("laptop")
+
+
+def test_moco_container_starts_with_a_frozen_copy_and_a_unit_queue():
+    recipe = moco.moco_recipe("smoke")
+    model = moco.new_moco(make_budget("smoke"), recipe, seed=3)
+    assert model.queue.shape == (recipe.queue_size, recipe.projection_dim)
+    torch.testing.assert_close(model.queue.norm(dim=1), torch.ones(recipe.queue_size))
+    assert all(not p.requires_grad for p in model.key_encoder.parameters())
+    for p_k, p_q in zip(model.key_encoder.parameters(), model.query_encoder.parameters()):
+        assert torch.equal(p_k, p_q) and p_k.data_ptr() != p_q.data_ptr()
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.query_encoder[1].modules())
+    model.pointer = 17
+    again = moco.new_moco(make_budget("smoke"), recipe, seed=3)
+    again.load_state_dict(model.state_dict())
+    assert again.pointer == 17                       # the pointer travels with the state dict (checkpoints)
+
+
+def test_moco_run_trains_with_the_functions_passed_in(moco_functions):
+    session = tiny_session()
+    calls = []
+
+    def counting_update(key_encoder, query_encoder, m):
+        calls.append(m)
+        return moco_functions["momentum_update"](key_encoder, query_encoder, m)
+
+    kwargs = run_kwargs(moco_functions) | {"update": counting_update}
+    model, history = moco.run(session, **kwargs, momentum=0.5, live_plot=False, progress=False)
+    recipe = moco.moco_recipe("smoke")
+    steps = recipe.epochs * (len(session.data.train_x) // recipe.batch_size)
+    assert len(history.losses) == steps and calls == [0.5] * steps      # the ablation's m reaches the step
+    assert [e["epoch"] for e in history.epochs] == list(range(1, recipe.epochs + 1))
+    assert all("knn" in e and 0 <= e["knn"] <= 100 and 0 <= e["pretext_acc"] <= 100 for e in history.epochs)
+    assert model.pointer == (steps * recipe.batch_size) % recipe.queue_size
+
+
+def test_moco_run_stops_at_the_deadline(moco_functions):
+    session = tiny_session(n_train=640)
+    _, history = moco.run(session, **run_kwargs(moco_functions), epochs=50, monitor=False, live_plot=False,
+                          progress=False, deadline_s=0.0)
+    assert history.deadline_reached and len(history.epochs) == 1
+    assert len(history.losses) < 50 * 10
+
+
+def test_in_batch_row_uses_one_encoder_and_the_nt_xent_passed_in(moco_functions):
+    session = tiny_session()
+    seen = []
+
+    def nt_xent(z1, z2, temperature):
+        seen.append((z1.shape, temperature))
+        return moco_functions["info_nce_in_batch"](z1, z2, temperature)
+
+    backbone, history = moco.run_in_batch(session, info_nce_in_batch=nt_xent, progress=False)
+    recipe = moco.moco_recipe("smoke")
+    assert seen and all(shape == (recipe.batch_size, recipe.projection_dim) and t == recipe.temperature
+                        for shape, t in seen)
+    assert hasattr(backbone, "feature_dim") and history.losses
+
+
+def test_expected_numbers_are_per_preset_and_dataset():
+    assert moco.expected("cpu", "cifar10")["knn"] > moco.expected("cpu", "cifar10")["knn_random_init"]
+    assert moco.expected("smoke", "cifar10") is None
+    assert moco.expected(make_budget("cpu"), "no-such-dataset") is None
+
+
+# ------------------------------------------------------------------------------------ RotNet
+
+@pytest.fixture(scope="module")
+def rotation_functions():
+    return solution_functions("05_rotation", ("rotate_batch", "rotnet_loss", "block_features"))
+
+
+def test_rotation_run_and_probe_use_the_functions_passed_in(rotation_functions):
+    session = tiny_session()
+    blocks_asked = []
+
+    def block_features(encoder, x, block):
+        blocks_asked.append(block)
+        return rotation_functions["block_features"](encoder, x, block)
+
+    angles = rotation.ROTATION_SETS["4 rotations"]
+    model, history = rotation.run(session, angles, rotate_batch=rotation_functions["rotate_batch"],
+                                  rotnet_loss=rotation_functions["rotnet_loss"], live_plot=False, progress=False)
+    assert len(history.epochs) == rotation.rotnet_epochs(session.budget, angles)
+    assert all(0 <= e["rotation acc"] <= 1 for e in history.epochs)
+    probe = rotation.probe_blocks(model.encoder, session.data, "cpu", session.budget, block_features=block_features)
+    assert list(probe) == list(session.budget.pick(**rotation.PROBE["blocks"]))
+    assert set(blocks_asked) == set(probe)
+    assert all(set(result) == {"knn", "linear"} for result in probe.values())
+    accuracy = rotation.rotation_accuracy(model, session.data, angles, "cpu",
+                                          rotate_batch=rotation_functions["rotate_batch"])
+    assert 0 <= accuracy <= 100
+
+
+# ------------------------------------------------------------------------------------ the benchmarks
+
+def _defined_and_called(path: Path):
+    tree = ast.parse(path.read_text())
+    classes = [node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+    calls = {node.func.attr for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+    imports = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    return classes, calls, imports
+
+
+@pytest.mark.parametrize("script, recipe", [("bench_moco.py", "sslcourse.recipes"),
+                                            ("bench_rotation.py", "sslcourse.recipes")])
+def test_method_benchmarks_have_no_model_or_loop_of_their_own(script, recipe):
+    """The benchmark of a method runs the recipe students run: no class, no backward, no optimiser step."""
+    classes, calls, imports = _defined_and_called(REPO / "bench" / script)
+    assert classes == [], f"{script} defines classes {classes}: models belong in sslcourse/recipes/"
+    assert not calls & {"backward", "step", "zero_grad", "forward"}, \
+        f"{script} calls {sorted(calls & {'backward', 'step', 'zero_grad', 'forward'})}: it has a loop of its own"
+    assert recipe in imports and "bench.solutions" in imports
+
+
+def test_solution_loader_refuses_a_student_release(tmp_path, monkeypatch):
+    import bench.solutions as loader
+
+    release = json.loads(loader.notebook_path("07_moco").read_text())
+    for cell in release["cells"]:
+        if cell.get("metadata", {}).get("nbgrader", {}).get("solution") and cell["cell_type"] == "code":
+            cell["source"] = ["def moco_step(*args, **kwargs):\n", "    raise NotImplementedError()\n"]
+    (tmp_path / "solutions" / "07_moco").mkdir(parents=True)
+    (tmp_path / "solutions" / "07_moco" / "07_moco.ipynb").write_text(json.dumps(release))
+    monkeypatch.setattr(loader, "ROOT", tmp_path)
+    with pytest.raises(SystemExit, match="no solutions"):
+        loader.solution_functions("07_moco", ["moco_step"])
+    with pytest.raises(SystemExit, match="found no file"):
+        loader.solution_functions("99_missing", ["anything"])
+
+
+def _bench_module(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR_NPZ.exists(), reason="needs ../shared/data/cifar10-jpeg.npz")
+def test_bench_moco_runs_end_to_end_on_a_tiny_cifar_subset(capsys):
+    _bench_module("bench_moco").main(["--preset", "cpu", "--data", str(CIFAR_NPZ), "--train-images", "64",
+                                      "--test-images", "32", "--batch-size", "32", "--queue-size", "64",
+                                      "--epochs", "2", "--minutes", "5"])
+    printed = capsys.readouterr().out
+    assert "random init: kNN" in printed and "MoCo: kNN" in printed and "| cpu | cpu | cifar10 64 / 32 |" in printed
+    assert "training: 2 epochs (calibrated" in printed
