@@ -150,3 +150,19 @@ def test_label_efficiency_rejects_mismatched_labels():
         label_efficiency(train_f, train_y[:4], test_f, test_y)
     with pytest.raises(ValueError, match=r"label_efficiency test_f: expected labels \[20\]"):
         label_efficiency(train_f, train_y, test_f, test_y[:19])
+
+
+def test_evaluate_encoder_takes_a_features_function_and_a_knn_only_mode():
+    torch.manual_seed(0)
+    encoder, data, seen = ConvNet(width=4), tiny_dataset(), []
+
+    def second_block(model, x):
+        seen.append(x.shape)
+        return model.forward_blocks(x)[1].mean(dim=(2, 3))
+
+    result = evaluate_encoder(encoder, data, "cpu", features=second_block, linear_iterations=5)
+    assert set(result) == {"knn", "linear"} and seen
+    assert sum(shape[0] for shape in seen) == len(data.train_x) + len(data.test_x)
+    assert set(evaluate_encoder(encoder, data, "cpu", linear=False)) == {"knn"}
+    with pytest.raises(TypeError, match="not both"):
+        evaluate_encoder(encoder, data, "cpu", block=2, features=second_block)

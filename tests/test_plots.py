@@ -86,3 +86,18 @@ def test_live_plot_redraws_at_most_once_per_interval(monkeypatch):
     assert live.update([1.0, 0.5, 0.4], [{"epoch": 1, "loss": 0.6, "knn": 10.0}], force=True)
     assert [kind for kind, _ in shown] == ["display", "update"]
     assert shown[0][1].data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_history_plot_keeps_one_colour_per_metric_and_draws_baselines():
+    history = History(losses=[3.0, 2.0, 1.5, 1.0], epochs=[{"epoch": 1, "loss": 2.5, "pretext_acc": 50.0, "knn": 20.0},
+                                                           {"epoch": 2, "loss": 1.25, "pretext_acc": 60.0, "knn": 30.0}])
+    fig = plots.plot_curves(history, baselines={"knn": 16.0}, ylabel="accuracy (%)")
+    metrics = fig.axes[1]
+    assert metrics.get_ylabel() == "accuracy (%)"
+    lines = {line.get_label(): line for line in metrics.lines}
+    assert set(lines) == {"pretext_acc", "knn", "knn, random init"}
+    assert lines["knn"].get_color() == lines["knn, random init"].get_color() != lines["pretext_acc"].get_color()
+    assert lines["knn, random init"].get_linestyle() == "--"
+    assert list(lines["knn, random init"].get_ydata()) == [16.0, 16.0]
+    # The live plot draws the same figure: same metric order, hence the same colours.
+    assert plots.metric_names(history.epochs) == ["pretext_acc", "knn"]

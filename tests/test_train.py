@@ -215,3 +215,47 @@ def test_bf16_autocast_on_cpu_when_asked():
 def test_quiet_fit_writes_nothing_to_stderr(capfd):
     train(epochs=1)
     assert capfd.readouterr().err == ""
+
+
+def slow_loss(seconds):
+    import time
+
+    def loss(model, batch):
+        time.sleep(seconds)
+        return noisy_loss(model, batch)
+    return loss
+
+
+def test_deadline_stops_after_the_current_read_back_and_records_a_partial_epoch(tmp_path, capsys):
+    path = tmp_path / "deadline.pt"
+    # 4 steps per epoch, losses read back every step; 0.05 s per step against a 0.25 s deadline.
+    _, history = train(loss_fn=slow_loss(0.05), epochs=EPOCHS, checkpoint=path, deadline_s=0.25, log_every=1)
+    assert history.deadline_reached and not history.interrupted
+    assert STEPS < len(history.losses) < EPOCHS * STEPS
+    last = history.epochs[-1]
+    assert last["partial"] and last["steps"] == len(history.losses) - STEPS * (len(history.epochs) - 1)
+    assert "stopped at the deadline of 0.25 s" in capsys.readouterr().out
+    # The checkpoint holds the last full epoch only, and resuming finishes the run exactly.
+    assert torch.load(path, weights_only=True)["epoch"] == len(history.epochs) - 1
+    _, resumed = train(checkpoint=path)
+    assert len(resumed.epochs) == EPOCHS and not any(e.get("partial") for e in resumed.epochs)
+
+
+def test_no_deadline_means_the_whole_run(uninterrupted):
+    _, history = uninterrupted
+    assert not history.deadline_reached and history.training_seconds > 0
+
+
+def test_fit_draws_into_a_live_plot_it_is_given(monkeypatch):
+    from sslcourse import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "in_notebook", lambda: True)
+    monkeypatch.delenv("SSLCOURSE_FAST", raising=False)
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    live = plots.LivePlot(title="mine", baselines={"acc": 0.25}, ylabel="accuracy", min_interval=0)
+    monkeypatch.setattr(live, "update", lambda losses, epochs=(), force=False: drawn.append((len(losses), force)))
+    model, optimizer, scheduler = make_run()
+    fit(model, noisy_loss, make_loader(), optimizer, 1, scheduler=scheduler, device="cpu", progress=False,
+        live_plot=live)
+    assert drawn and drawn[-1] == (STEPS, True)      # the final state is drawn, forced
