@@ -14,6 +14,8 @@ perfect     the solution notebook                                            ful
 release     the committed release, its first test cell replaced by ``pass``  0: the edited test is
                                                                              restored, the rest fail
 raises      the solution, one graded function's body ``raise ValueError``    all but that exercise
+mutant      the solution with the last exercise's first mutant of            all but that exercise
+            ``tests/mutants.py`` (a plausible mistake, not a crash)
 stripped    the solution up to its first exercise's tests, without nbgrader  0, silently
             cell metadata (one assignment only)
 restored    ``stripped`` after the repair: metadata copied back from the     that exercise's points
@@ -45,6 +47,7 @@ from sslcourse.grading import restore_nbgrader_metadata
 
 from conftest import (RELEASE, SCRATCH_PATTERNS, SOLUTIONS, assignment_ids, copy_course, notebook_path,
                       run_tool, tool_env)
+from mutants import MUTANTS
 
 pytestmark = pytest.mark.slow
 
@@ -125,6 +128,25 @@ def break_one_exercise(solution) -> tuple[object, str, list[str]] | None:
     return None
 
 
+def mutate_last_exercise(solution, assignment: str) -> tuple[object, str, list[str]] | None:
+    """Copy of the solution with the first mutant of its last exercise (tests/mutants.py) applied.
+
+    Returns the notebook, the mistake and the grade ids of that exercise's test cells, or None.
+    """
+    nb = copy.deepcopy(solution)
+    found = exercises(nb)
+    if not found or assignment not in MUTANTS:
+        return None
+    index, tests = found[-1]
+    grade_id = _nbgrader(nb.cells[index])["grade_id"]
+    mutant = next((m for m in MUTANTS[assignment] if m.exercise == grade_id), None)
+    if mutant is None:
+        return None
+    for old, new in mutant.edits:
+        nb.cells[index].source = nb.cells[index].source.replace(old, new)
+    return nb, mutant.mistake, tests
+
+
 def replace_first_test_by_pass(release) -> tuple[object, str]:
     nb = copy.deepcopy(release)
     for cell in nb.cells:
@@ -163,6 +185,7 @@ class GradedCourse:
     env: dict
     grades: dict  # grades[assignment][student][grade_id] = {"cell_type", "auto_score", "score", "max_score"}
     broken: dict = field(default_factory=dict)    # assignment -> (function name, test cells of its exercise)
+    mutated: dict = field(default_factory=dict)   # assignment -> (the mistake, test cells of its exercise)
     tampered: dict = field(default_factory=dict)  # assignment -> grade id of the test cell replaced by pass
     stripped: tuple = ()  # (assignment, test cells the stripped submission holds), for one assignment
 
@@ -239,6 +262,11 @@ def graded(course, env) -> GradedCourse:
                 raises, name, tests = broken
                 result.broken[assignment] = (name, tests)
                 submit(course, "raises", assignment, raises)
+            mutated = mutate_last_exercise(solution, assignment)
+            if mutated is not None:
+                mutant_nb, mistake, tests = mutated
+                result.mutated[assignment] = (mistake, tests)
+                submit(course, "mutant", assignment, mutant_nb)
             if not result.stripped:
                 prefix, tests = up_to_first_exercise(solution)
                 result.stripped = (assignment, tests)
@@ -350,6 +378,21 @@ def test_exception_in_one_exercise_keeps_the_others_points(assignment, graded):
     assert not lost, (f"{assignment}: with only {name} broken, other exercises lose points: {lost}. "
                       f"A test cell must check its own exercise only.\n"
                       + graded.cell_outputs(assignment, "raises", lost))
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_a_plausible_mistake_loses_its_exercise_points_only(assignment, graded):
+    """One full autograde of a mutant from tests/mutants.py: the points of that exercise are lost, no others."""
+    _needs_tests(graded, assignment)
+    if assignment not in graded.mutated:
+        pytest.skip(f"{assignment}: no mutant in tests/mutants.py for its last exercise")
+    mistake, tests = graded.mutated[assignment]
+    got, full = graded.auto_scores(assignment, "mutant"), graded.auto_max(assignment, "mutant")
+    assert sum(got[cell] for cell in tests) < sum(full[cell] for cell in tests), \
+        f"{assignment}: the mistake '{mistake}' kept every point of its exercise"
+    lost = {cell: f"{got[cell]:g} of {full[cell]:g}" for cell in full if cell not in tests and got[cell] != full[cell]}
+    assert not lost, f"{assignment}: the mistake '{mistake}' also cost {lost}\n" + graded.cell_outputs(
+        assignment, "mutant", lost)
 
 
 def test_stripped_metadata_scores_zero_silently(graded):
