@@ -108,6 +108,22 @@ def test_offline_fallback_is_loud_and_serves_embedded(tmp_path, monkeypatch, cap
     assert data.name == "embedded"
     assert "CIFAR-10 is not available" in out and "EMBEDDED" in out and "Reason:" in out
     assert "fallback" in data.note
+    # ... and says how to bring CIFAR-10 in by hand: which file goes where, or the import command.
+    assert "cifar-10-python.tar.gz" in out and str(tmp_path / "data") in out
+    assert "sslcourse data cifar10 --import PATH" in out
+
+
+def test_the_archive_placed_by_hand_as_the_banner_says_loads_offline(cifar_server, tmp_path, capsys):
+    """The offline banner's advice works: torchvision's archive in the data folder, no network."""
+    import shutil
+
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(tmp_path / "www" / "cifar-10-python.tar.gz", root / "cifar-10-python.tar.gz")
+    cifar_server.shutdown()
+    data = D.load_dataset("auto", budget=make_budget("cpu"), root=root)
+    assert data.name == "cifar10" and len(data.train_x) == 100
+    assert "EMBEDDED" not in capsys.readouterr().out
 
 
 def test_smoke_preset_never_downloads(tmp_path, monkeypatch):
