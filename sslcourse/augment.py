@@ -634,14 +634,14 @@ def simclr_augment(size: int = 32, strength: float = 0.5, blur: bool | None = No
     return Compose(transforms)
 
 
-def moco_cifar_augment(size: int = 32) -> Compose:
+def moco_cifar_augment(size: int = 32, min_scale: float = 0.2) -> Compose:
     """The augmentation of the official MoCo CIFAR-10 demo (He et al., 2020; MoCo v2 style).
 
-    ``RandomResizedCrop(32, scale=(0.2, 1))``, ``ColorJitter(0.4, 0.4, 0.4, 0.1)`` with p=0.8,
-    ``RandomGrayscale(0.2)``, horizontal flip.
+    ``RandomResizedCrop(32, scale=(min_scale, 1))`` (the demo's 0.2 by default),
+    ``ColorJitter(0.4, 0.4, 0.4, 0.1)`` with p=0.8, ``RandomGrayscale(0.2)``, horizontal flip.
     """
     return Compose([
-        RandomResizedCrop(size, scale=(0.2, 1.0)),
+        RandomResizedCrop(size, scale=(min_scale, 1.0)),
         ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
         RandomGrayscale(0.2),
         RandomHorizontalFlip(0.5),

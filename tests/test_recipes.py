@@ -205,3 +205,15 @@ def test_bench_moco_runs_end_to_end_on_a_tiny_cifar_subset(capsys):
     printed = capsys.readouterr().out
     assert "random init: kNN" in printed and "MoCo: kNN" in printed and "| cpu | cpu | cifar10 64 / 32 |" in printed
     assert "training: 2 epochs (calibrated" in printed
+
+
+def test_augmentation_keeps_larger_crops_on_the_embedded_digits():
+    """The demo's 0.2 minimum crop left MoCo below random init on the digits; they get 0.5."""
+    def crop_scale(name):
+        data = tiny_session().data
+        data.name = name
+        crop = moco.augmentation(data).transforms[0]
+        return crop.scale
+
+    assert crop_scale("embedded") == (0.5, 1.0)
+    assert crop_scale("cifar10") == (0.2, 1.0)
