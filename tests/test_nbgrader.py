@@ -370,14 +370,18 @@ def test_exception_in_one_exercise_keeps_the_others_points(assignment, graded):
     if assignment not in graded.broken:
         pytest.skip(f"{assignment}: no solution cell defines a function followed by a test cell")
     name, broken_tests = graded.broken[assignment]
-    got, full = graded.auto_scores(assignment, "raises"), graded.auto_max(assignment, "raises")
+    got = graded.auto_scores(assignment, "raises")
     for cell in broken_tests:
         assert got[cell] == 0, f"{assignment}: {name} raises ValueError, yet its test cell {cell} scored {got[cell]:g}"
-    lost = {cell: f"{got[cell]:g} of {full[cell]:g}" for cell in full
-            if cell not in broken_tests and got[cell] != full[cell]}
-    assert not lost, (f"{assignment}: with only {name} broken, other exercises lose points: {lost}. "
-                      f"A test cell must check its own exercise only.\n"
-                      + graded.cell_outputs(assignment, "raises", lost))
+    _assert_no_other_points_lost(graded, assignment, "raises", broken_tests, f"{name} broken")
+
+
+def _assert_no_other_points_lost(graded: GradedCourse, assignment: str, student: str, own_tests, what: str) -> None:
+    """Every test cell outside ``own_tests`` kept its full score: a test cell checks its own exercise only."""
+    got, full = graded.auto_scores(assignment, student), graded.auto_max(assignment, student)
+    lost = {cell: f"{got[cell]:g} of {full[cell]:g}" for cell in full if cell not in own_tests and got[cell] != full[cell]}
+    assert not lost, (f"{assignment}: with only {what}, other exercises lose points: {lost}. "
+                      f"A test cell must check its own exercise only.\n" + graded.cell_outputs(assignment, student, lost))
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -390,9 +394,7 @@ def test_a_plausible_mistake_loses_its_exercise_points_only(assignment, graded):
     got, full = graded.auto_scores(assignment, "mutant"), graded.auto_max(assignment, "mutant")
     assert sum(got[cell] for cell in tests) < sum(full[cell] for cell in tests), \
         f"{assignment}: the mistake '{mistake}' kept every point of its exercise"
-    lost = {cell: f"{got[cell]:g} of {full[cell]:g}" for cell in full if cell not in tests and got[cell] != full[cell]}
-    assert not lost, f"{assignment}: the mistake '{mistake}' also cost {lost}\n" + graded.cell_outputs(
-        assignment, "mutant", lost)
+    _assert_no_other_points_lost(graded, assignment, "mutant", tests, f"the mistake '{mistake}'")
 
 
 def test_stripped_metadata_scores_zero_silently(graded):
