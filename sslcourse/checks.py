@@ -11,8 +11,14 @@ in the call, so they do not depend on the student's device or dtype.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, Callable, Sequence
+import io
+import os
+import sys
+import tempfile
+import warnings
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -97,20 +103,68 @@ def check_true(condition: bool, message: str) -> None:
     ok(message.split(":")[0] if ":" in message else message)
 
 
-def student(fn: Callable) -> Callable:
-    """Wrap a student function so that an unfinished one fails with a message naming it.
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[io.StringIO]:
+    """Capture what is written to stderr, by Python (``sys.stderr``) and below it (file descriptor 2).
 
-    ``rotate_batch = student(rotate_batch)`` turns the stub's bare
-    ``NotImplementedError`` into "rotate_batch is not implemented yet ...".
+    nbgrader scores a test cell that writes to stderr as 0, so a correct function that prints a
+    debug line or a progress bar would lose its points. The captured text is reported on stdout.
+    """
+    captured = io.StringIO()
+    saved_fd = None
+    with tempfile.TemporaryFile(mode="w+b") as below:
+        try:
+            sys.stderr.flush()
+            saved_fd = os.dup(2)
+            os.dup2(below.fileno(), 2)
+        except (OSError, ValueError, AttributeError):   # no fd 2 (some embedded interpreters)
+            saved_fd = None
+        try:
+            with contextlib.redirect_stderr(captured):
+                yield captured
+        finally:
+            if saved_fd is not None:
+                os.dup2(saved_fd, 2)
+                os.close(saved_fd)
+                size = below.seek(0, os.SEEK_END)
+                below.seek(0)
+                captured.write(below.read(4096).decode("utf-8", "replace"))   # enough for the note
+                if size > 4096:
+                    captured.write(f" ... ({size:,} bytes in all)")
+
+
+def _report_notes(name: str, caught: list, stderr_text: str) -> None:
+    for warning in caught:
+        ok(f"note: {name} warned ({warning.category.__name__}: {str(warning.message)[:200]}); "
+           "shown here so that the warning costs no points")
+    text = stderr_text.strip()
+    if text:
+        shown = text if len(text) <= 300 else text[:300] + f" ... ({len(text):,} characters)"
+        ok(f"note: {name} wrote to stderr, shown here instead: {shown}")
+
+
+def student(fn: Callable) -> Callable:
+    """Wrap a student function for a test cell: clear messages, and no harmless way to lose points.
+
+    ``rotate_batch = student(rotate_batch)`` turns the stub's bare ``NotImplementedError`` into
+    "rotate_batch is not implemented yet ...". Python warnings the function emits, and anything it
+    writes to stderr (a debug print, a tqdm bar), are captured and reported on stdout as notes:
+    nbgrader would otherwise score the whole test cell 0 for writing to stderr.
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except NotImplementedError as error:
-            raise NotImplementedError(
-                f"{fn.__name__} is not implemented yet: complete the cell that defines it "
-                f"(between '# YOUR CODE HERE' markers) and run that cell again.") from error
+        with warnings.catch_warnings(record=True) as caught, _stderr_captured() as stderr_text:
+            warnings.simplefilter("always")
+            try:
+                result = fn(*args, **kwargs)
+            except NotImplementedError as error:
+                raise NotImplementedError(
+                    f"{fn.__name__} is not implemented yet: complete the cell that defines it "
+                    f"(between '# YOUR CODE HERE' markers) and run that cell again.") from error
+            finally:
+                pending = list(caught)
+        _report_notes(getattr(fn, "__name__", "the function"), pending, stderr_text.getvalue())
+        return result
     return wrapper
 
 

@@ -317,3 +317,33 @@ def test_require_names_the_missing_result_and_the_part_that_makes_it(capsys):
     with pytest.raises(RuntimeError, match="needs `history`: run the training cell first"):
         checks.require({}, made_by, "history")
     assert capsys.readouterr().err == ""
+
+
+def test_student_reports_warnings_and_stderr_on_stdout(capfd):
+    """A correct function that warns or prints to stderr must not make nbgrader score its test cell 0."""
+    import os
+    import sys
+    import warnings
+
+    def chatty(x):
+        warnings.warn("careful with x")
+        print("debug: x =", x, file=sys.stderr)
+        os.write(2, b"from C\n")
+        return 2 * x
+
+    assert checks.student(chatty)(21) == 42
+    out, err = capfd.readouterr()
+    assert err == ""
+    assert "chatty warned (UserWarning: careful with x)" in out
+    assert "chatty wrote to stderr" in out and "debug: x = 21" in out and "from C" in out
+
+
+def test_student_keeps_the_stub_message_and_reports_nothing_when_quiet(capfd):
+    def stub(x):
+        raise NotImplementedError()
+
+    with pytest.raises(NotImplementedError, match="stub is not implemented yet"):
+        checks.student(stub)(1)
+    assert checks.student(lambda x: x)(3) == 3
+    out, err = capfd.readouterr()
+    assert err == "" and "note:" not in out

@@ -16,6 +16,8 @@ release     the committed release, its first test cell replaced by ``pass``  0: 
 raises      the solution, one graded function's body ``raise ValueError``    all but that exercise
 mutant      the solution with the last exercise's first mutant of            all but that exercise
             ``tests/mutants.py`` (a plausible mistake, not a crash)
+noisy       the solution, its first graded function also warns, prints to    full automatic score
+            stderr, draws a tqdm bar and sleeps 0.2 s per call
 stripped    the solution up to its first exercise's tests, without nbgrader  0, silently
             cell metadata (one assignment only)
 restored    ``stripped`` after the repair: metadata copied back from the     that exercise's points
@@ -147,6 +149,33 @@ def mutate_last_exercise(solution, assignment: str) -> tuple[object, str, list[s
     return nb, mutant.mistake, tests
 
 
+NOISE = """
+import sys as _sys, time as _time, warnings as _warnings
+from tqdm.auto import tqdm as _tqdm
+_warnings.warn("debug: checking my shapes")
+print("debug: called", file=_sys.stderr)
+for _ in _tqdm(range(3), desc="my own loop"):
+    pass
+_time.sleep(0.2)
+"""
+
+
+def make_noisy(solution) -> tuple[object, str] | None:
+    """Copy of the solution whose first gradable function warns, writes to stderr and is slow: still correct."""
+    nb = copy.deepcopy(solution)
+    for index, _tests in exercises(nb):
+        try:
+            tree = ast.parse(nb.cells[index].source)
+        except SyntaxError:
+            continue
+        target = _function_to_break(tree)
+        if target is not None:
+            target.body[1:1] = ast.parse(NOISE).body     # after the docstring
+            nb.cells[index].source = ast.unparse(tree)
+            return nb, target.name
+    return None
+
+
 def replace_first_test_by_pass(release) -> tuple[object, str]:
     nb = copy.deepcopy(release)
     for cell in nb.cells:
@@ -186,6 +215,7 @@ class GradedCourse:
     grades: dict  # grades[assignment][student][grade_id] = {"cell_type", "auto_score", "score", "max_score"}
     broken: dict = field(default_factory=dict)    # assignment -> (function name, test cells of its exercise)
     mutated: dict = field(default_factory=dict)   # assignment -> (the mistake, test cells of its exercise)
+    noisy: dict = field(default_factory=dict)     # assignment -> the function that warns and prints to stderr
     tampered: dict = field(default_factory=dict)  # assignment -> grade id of the test cell replaced by pass
     stripped: tuple = ()  # (assignment, test cells the stripped submission holds), for one assignment
 
@@ -262,6 +292,10 @@ def graded(course, env) -> GradedCourse:
                 raises, name, tests = broken
                 result.broken[assignment] = (name, tests)
                 submit(course, "raises", assignment, raises)
+            noisy = make_noisy(solution)
+            if noisy is not None:
+                result.noisy[assignment] = noisy[1]
+                submit(course, "noisy", assignment, noisy[0])
             mutated = mutate_last_exercise(solution, assignment)
             if mutated is not None:
                 mutant_nb, mistake, tests = mutated
@@ -382,6 +416,18 @@ def _assert_no_other_points_lost(graded: GradedCourse, assignment: str, student:
     lost = {cell: f"{got[cell]:g} of {full[cell]:g}" for cell in full if cell not in own_tests and got[cell] != full[cell]}
     assert not lost, (f"{assignment}: with only {what}, other exercises lose points: {lost}. "
                       f"A test cell must check its own exercise only.\n" + graded.cell_outputs(assignment, student, lost))
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_warnings_stderr_and_slowness_cost_a_correct_answer_nothing(assignment, graded):
+    """nbgrader scores a test cell that writes to stderr as 0; checks.student reports it on stdout instead."""
+    _needs_tests(graded, assignment)
+    if assignment not in graded.noisy:
+        pytest.skip(f"{assignment}: no solution cell defines a function")
+    got, full = graded.auto_scores(assignment, "noisy"), graded.auto_max(assignment, "noisy")
+    lost = {cell: f"{got[cell]:g} of {full[cell]:g}" for cell in full if got[cell] != full[cell]}
+    assert not lost, (f"{assignment}: a correct {graded.noisy[assignment]} that warns and prints to stderr lost "
+                      f"points: {lost}\n" + graded.cell_outputs(assignment, "noisy", lost))
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
