@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from . import tamper
+
 
 def ok(message: str) -> None:
     """Report a passed check on stdout."""
@@ -45,6 +47,7 @@ def check_tensor(name: str, got: Any, *, shape: Sequence[int | None] | None = No
 
     ``None`` inside ``shape`` matches any size along that dimension.
     """
+    tamper.verify()
     if not isinstance(got, torch.Tensor):
         _fail(f"{name}: expected a torch.Tensor, got {_describe(got)}.")
     if shape is not None:
@@ -65,6 +68,7 @@ def check_tensor(name: str, got: Any, *, shape: Sequence[int | None] | None = No
 
 def check_close(name: str, got: Any, expected: Any, *, atol: float = 1e-6, rtol: float = 1e-5) -> None:
     """Check ``|got - expected| <= atol + rtol * |expected|`` elementwise, in float64 on the CPU."""
+    tamper.verify()
     got_t = torch.as_tensor(got.detach() if isinstance(got, torch.Tensor) else got).to("cpu", torch.float64)
     exp_t = torch.as_tensor(expected.detach() if isinstance(expected, torch.Tensor) else expected).to("cpu", torch.float64)
     if got_t.shape != exp_t.shape:
@@ -84,6 +88,7 @@ def check_close(name: str, got: Any, expected: Any, *, atol: float = 1e-6, rtol:
 
 def check_equal(name: str, got: Any, expected: Any) -> None:
     """Check exact equality (integers, labels, strings, shapes)."""
+    tamper.verify()
     if isinstance(got, torch.Tensor) or isinstance(expected, torch.Tensor):
         g, e = torch.as_tensor(got).cpu(), torch.as_tensor(expected).cpu()
         if g.shape != e.shape:
@@ -98,6 +103,7 @@ def check_equal(name: str, got: Any, expected: Any) -> None:
 
 def check_true(condition: bool, message: str) -> None:
     """Check a property; ``message`` says what was expected (and may include what came instead)."""
+    tamper.verify()
     if not condition:
         _fail(message)
     ok(message.split(":")[0] if ":" in message else message)
@@ -153,6 +159,7 @@ def student(fn: Callable) -> Callable:
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        tamper.verify()
         with warnings.catch_warnings(record=True) as caught, _stderr_captured() as stderr_text:
             warnings.simplefilter("always")
             try:
@@ -197,3 +204,6 @@ def require(namespace: dict, made_by: dict[str, str], *names: str) -> None:
     for name in names:
         if namespace.get(name) is None:
             raise RuntimeError(f"This cell needs `{name}`: run {made_by[name]} first; it failed or was not run.")
+
+
+tamper.snapshot()   # the originals, as imported: sslcourse.tamper.verify compares against them

@@ -5,6 +5,8 @@
     sslcourse data --import PATH  cache CIFAR-10 from a folder of images or a cifar10-jpeg.npz archive
     sslcourse check-submissions [DIR]            list submissions that lost their nbgrader metadata
     sslcourse restore-metadata SUBMISSION RELEASE  copy the metadata back from the release (by cell id)
+    sslcourse autograde ID [--course DIR]        nbgrader autograde ID, then the grading report
+    sslcourse report ID [--course DIR]           the grading report alone: reports/ID.md and .csv
 """
 from __future__ import annotations
 
@@ -82,6 +84,32 @@ def restore_metadata(submission: str, release: str) -> int:
     return 0
 
 
+NO_SANDBOX = ("sslcourse autograde: NO SANDBOX. Submissions run with your rights, as under plain nbgrader: "
+              "they can read solutions/ and gradebook.db and use the network. Grade untrusted submissions "
+              "in a throw-away copy of the course or a container. (Kernel isolation is not built yet.)")
+
+
+def report(assignment: str, course: str) -> int:
+    from .report import write_report
+
+    path, reports = write_report(Path(course), assignment)
+    review = [r.student for r in reports if r.needs_review]
+    print(f"grading report for {assignment}: {path} ({len(reports)} submissions, {len(review)} to review"
+          + (f": {', '.join(review)}" if review else "") + ")")
+    return 0
+
+
+def autograde(assignment: str, course: str, extra: list[str]) -> int:
+    import subprocess
+
+    print("=" * 78 + "\n" + NO_SANDBOX + "\n" + "=" * 78, flush=True)
+    result = subprocess.run(["nbgrader", "autograde", assignment, *extra], cwd=course)
+    if result.returncode != 0:
+        print(f"sslcourse autograde: nbgrader exited with {result.returncode}; the report shows what was graded.")
+    report(assignment, course)
+    return result.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sslcourse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", nargs="?", default="cifar10", choices=["cifar10", "stl10", "embedded"])
     p.add_argument("--import", dest="source", metavar="PATH",
                    help="cache this image folder (train/<class>/..., test/<class>/...) or .npz archive instead of downloading")
+    p = sub.add_parser("autograde", help="nbgrader autograde, then the grading report")
+    p.add_argument("assignment")
+    p.add_argument("--course", default=".", help="the course folder (default: here)")
+    p.add_argument("nbgrader_args", nargs=argparse.REMAINDER, help="passed on to nbgrader autograde")
+    p = sub.add_parser("report", help="the grading report of an autograded assignment")
+    p.add_argument("assignment")
+    p.add_argument("--course", default=".", help="the course folder (default: here)")
     p = sub.add_parser("check-submissions", help="list submissions whose nbgrader metadata was stripped")
     p.add_argument("folder", nargs="?", default="submitted")
     p = sub.add_parser("restore-metadata", help="copy nbgrader metadata back into a stripped submission")
@@ -101,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         return check_submissions(args.folder)
     if args.command == "restore-metadata":
         return restore_metadata(args.submission, args.release)
+    if args.command == "autograde":
+        return autograde(args.assignment, args.course, [a for a in args.nbgrader_args if a != "--"])
+    if args.command == "report":
+        return report(args.assignment, args.course)
     if args.command == "doctor":
         return doctor()
     return data(args.name, args.source)

@@ -18,6 +18,8 @@ mutant      the solution with the last exercise's first mutant of            all
             ``tests/mutants.py`` (a plausible mistake, not a crash)
 noisy       the solution, its first graded function also warns, prints to    full automatic score
             stderr, draws a tqdm bar and sleeps 0.2 s per call
+tamper      the solution, its first graded function broken, and the check    no points for it; flagged
+            helpers replaced by no-ops in the same cell                      in the grading report
 stripped    the solution up to its first exercise's tests, without nbgrader  0, silently
             cell metadata (one assignment only)
 restored    ``stripped`` after the repair: metadata copied back from the     that exercise's points
@@ -176,6 +178,23 @@ def make_noisy(solution) -> tuple[object, str] | None:
     return None
 
 
+TAMPER = """
+from sslcourse import checks as _quiet
+_quiet.check_close = _quiet.check_true = _quiet.check_tensor = _quiet.check_equal = (lambda *args, **kwargs: None)
+"""
+
+
+def make_tamperer(solution) -> tuple[object, str, list[str]] | None:
+    """Copy of the solution whose first graded function is wrong and whose cell silences the checks."""
+    broken = break_one_exercise(solution)
+    if broken is None:
+        return None
+    nb, name, tests = broken
+    index = next(index for index, cell_tests in exercises(nb) if cell_tests == tests)
+    nb.cells[index].source += "\n" + TAMPER
+    return nb, name, tests
+
+
 def replace_first_test_by_pass(release) -> tuple[object, str]:
     nb = copy.deepcopy(release)
     for cell in nb.cells:
@@ -216,6 +235,7 @@ class GradedCourse:
     broken: dict = field(default_factory=dict)    # assignment -> (function name, test cells of its exercise)
     mutated: dict = field(default_factory=dict)   # assignment -> (the mistake, test cells of its exercise)
     noisy: dict = field(default_factory=dict)     # assignment -> the function that warns and prints to stderr
+    tampered_checks: dict = field(default_factory=dict)  # assignment -> (function name, its test cells)
     tampered: dict = field(default_factory=dict)  # assignment -> grade id of the test cell replaced by pass
     stripped: tuple = ()  # (assignment, test cells the stripped submission holds), for one assignment
 
@@ -227,6 +247,13 @@ class GradedCourse:
     def auto_max(self, assignment: str, student: str) -> dict[str, float]:
         cells = self.grades[assignment][student]
         return {name: g["max_score"] for name, g in cells.items() if g["cell_type"] == "code"}
+
+    def report(self, assignment: str) -> dict[str, dict[str, str]]:
+        """``sslcourse report`` of the assignment, run as the instructor would: the CSV rows by student."""
+        run_tool([sys.executable, "-m", "sslcourse.cli", "report", assignment, "--course", str(self.root)],
+                 cwd=self.root, env=self.env)
+        with open(self.root / "reports" / f"{assignment}.csv", newline="") as f:
+            return {row["student"]: row for row in csv.DictReader(f)}
 
     def cell_outputs(self, assignment: str, student: str, cells) -> str:
         """What the given test cells printed in the autograded notebook: the why behind a score."""
@@ -296,6 +323,10 @@ def graded(course, env) -> GradedCourse:
             if noisy is not None:
                 result.noisy[assignment] = noisy[1]
                 submit(course, "noisy", assignment, noisy[0])
+            tamperer = make_tamperer(solution)
+            if tamperer is not None:
+                result.tampered_checks[assignment] = tamperer[1:]
+                submit(course, "tamper", assignment, tamperer[0])
             mutated = mutate_last_exercise(solution, assignment)
             if mutated is not None:
                 mutant_nb, mistake, tests = mutated
@@ -441,6 +472,25 @@ def test_a_plausible_mistake_loses_its_exercise_points_only(assignment, graded):
     assert sum(got[cell] for cell in tests) < sum(full[cell] for cell in tests), \
         f"{assignment}: the mistake '{mistake}' kept every point of its exercise"
     _assert_no_other_points_lost(graded, assignment, "mutant", tests, f"the mistake '{mistake}'")
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_silenced_checks_collect_no_points_and_are_reported(assignment, graded):
+    """A wrong answer whose cell replaces the check helpers by no-ops: its tests still fail, and the
+    grading report (sslcourse report, run outside the kernel) flags the submission for review."""
+    _needs_tests(graded, assignment)
+    if assignment not in graded.tampered_checks:
+        pytest.skip(f"{assignment}: no solution cell defines a function followed by a test cell")
+    name, tests = graded.tampered_checks[assignment]
+    got = graded.auto_scores(assignment, "tamper")
+    collected = {cell: got[cell] for cell in tests if got[cell] > 0}
+    assert not collected, f"{assignment}: a broken {name} with silenced checks collected points: {collected}"
+    reports = graded.report(assignment)
+    flags = reports["tamper"]["tamper"]
+    assert "assigns _quiet.check_close" in flags and "at test time: tampering detected" in flags, flags
+    assert reports["tamper"]["needs_review"] == "True" and reports["perfect"]["needs_review"] == "False"
+    assert reports["perfect"]["auto_score"] == reports["perfect"]["max_score"]
+    assert "lost its nbgrader metadata" in reports.get("stripped", {"structure": "lost its nbgrader metadata"})["structure"]
 
 
 def test_stripped_metadata_scores_zero_silently(graded):
