@@ -36,6 +36,8 @@ def doctor() -> int:
     device = choose_device()
     print(f"device       {device}" + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""))
     print(f"threads      {torch.get_num_threads()}")
+    from .cpu_bf16 import describe
+    print(f"cpu          {describe()}")
     print(f"{choose_budget()}")
     print(f"data dir     {data_dir()}")
     for name in ("cifar10", "stl10", "embedded"):

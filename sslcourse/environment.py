@@ -15,6 +15,8 @@ variable                     effect
 ``SSLCOURSE_HOME``           the folder holding ``data/`` and ``results/``
 ``SSLCOURSE_DATA``           the dataset cache (default ``<home>/data``)
 ``SSLCOURSE_RESULTS``        saved runs (default ``<home>/results``)
+``SSLCOURSE_CPU_BF16``       ``1``/``0``: force bf16 autocast on the CPU on or off (default: measured,
+                             :mod:`sslcourse.cpu_bf16`)
 ``LD_PRELOAD``,              a malloc the user chose (jemalloc, tcmalloc, mimalloc, glibc
 ``MALLOC_*_``,               tunables): :mod:`sslcourse.allocator` then leaves malloc alone
 ``GLIBC_TUNABLES``
@@ -47,6 +49,7 @@ class Environment:
         dataset: what ``"auto"`` means when ``SSLCOURSE_DATASET`` is set, else ``None``.
         home, data_dir, results_dir: absolute paths.
         custom_allocator: the user preloaded or configured malloc.
+        cpu_bf16: ``SSLCOURSE_CPU_BF16`` as a bool, or ``None`` (let :mod:`sslcourse.cpu_bf16` measure).
     """
 
     grading: str | None
@@ -58,6 +61,7 @@ class Environment:
     data_dir: Path
     results_dir: Path
     custom_allocator: bool
+    cpu_bf16: bool | None = None
 
     @property
     def live_plots_allowed(self) -> bool:
@@ -100,6 +104,7 @@ def read(environ: Mapping[str, str] | None = None) -> Environment:
         data_dir=_path(env["SSLCOURSE_DATA"]) if env.get("SSLCOURSE_DATA") else home / "data",
         results_dir=_path(env["SSLCOURSE_RESULTS"]) if env.get("SSLCOURSE_RESULTS") else home / "results",
         custom_allocator=_custom_allocator(env),
+        cpu_bf16={"1": True, "0": False}.get(env.get("SSLCOURSE_CPU_BF16", "").strip()),
     )
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .allocator import keep_freed_memory
+from .train.loop import _autocast
 from .data.batches import normalize, to_float
 
 __all__ = ["extract_features", "knn_predict", "knn_accuracy", "linear_probe", "label_efficiency",
@@ -26,7 +27,8 @@ __all__ = ["extract_features", "knn_predict", "knn_accuracy", "linear_probe", "l
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, *, mean, std, device: torch.device | str,
                      batch_size: int = 512, block: int | None = None,
-                     features: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                     features: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                     amp: bool = True) -> torch.Tensor:
     """Encode uint8 images ``[N, 3, H, W]`` into float32 features ``[N, D]`` on ``device``.
 
     The encoder runs in eval mode (batch norm uses its running statistics) without
@@ -34,6 +36,8 @@ def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, *, mean, st
     ``block=k`` returns ``encoder.block_features(x, k)`` (1-based) instead of ``encoder(x)``;
     ``features=f`` returns ``f(encoder, x)`` (e.g. a student's own pooling of one block).
     Images are normalised with ``mean`` and ``std`` (the dataset's, in [0, 1] units).
+    ``amp=True`` runs the encoder under bf16 autocast where ``fit`` would (CUDA, and a CPU
+    where :func:`sslcourse.cpu_bf16.use_bf16`); the features come back as float32 either way.
     """
     if not isinstance(images_uint8, torch.Tensor) or images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
         got = (f"{images_uint8.dtype} {tuple(images_uint8.shape)}" if isinstance(images_uint8, torch.Tensor)
@@ -49,7 +53,8 @@ def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, *, mean, st
     encoder.to(device).eval()
     try:
         chunks = []
-        with keep_freed_memory(device.type == "cpu"):  # each batch re-allocates the same large maps
+        autocast = _autocast(device, amp)
+        with keep_freed_memory(device.type == "cpu"), autocast:  # each batch re-allocates the same large maps
             for start in range(0, len(images_uint8), batch_size):
                 x = normalize(to_float(images_uint8[start:start + batch_size].to(device, non_blocking=True)),
                               mean, std)

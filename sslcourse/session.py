@@ -75,5 +75,8 @@ def setup(seed: int = 0, dataset: str = "auto", verbose: bool = True) -> Session
     if verbose:
         print(f"sslcourse: {budget}")
         print(f"sslcourse: device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+        if device.type == "cpu":
+            from .cpu_bf16 import describe
+            print(f"sslcourse: {describe()}")
         print(f"sslcourse: seed {seed}")
     return Session(budget=budget, device=device, seed=seed, data=data)

@@ -26,6 +26,9 @@ NBGRADER_CONFIG = REPO_ROOT / "nbgrader_config.py"
 ENV_BIN = Path(sys.executable).parent
 # Never copied between course folders (nbgrader ignores them too, see nbgrader_config.py).
 SCRATCH_PATTERNS = (".ipynb_checkpoints", "__pycache__", "*.pyc", ".pytest_cache")
+# Unit tests train in float32 on every machine, so their numbers do not depend on the processor;
+# tests/test_cpu_bf16.py exercises the measured choice itself.
+os.environ.setdefault("SSLCOURSE_CPU_BF16", "0")
 
 
 def assignment_ids(folder: Path = SOLUTIONS) -> list[str]:

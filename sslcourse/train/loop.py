@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from .. import cpu_bf16
 from ..allocator import keep_freed_memory
 from ..files import to_plain
 from ..plots import LivePlot
@@ -117,11 +118,12 @@ def _split_output(out: Any) -> tuple[torch.Tensor, dict]:
 
 
 def _autocast(device: torch.device, amp: bool | str):
-    """bf16 autocast on CUDA when ``amp`` is True; on any device when ``amp == "bf16"``."""
-    if amp == "bf16" or (amp is True and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    """bf16 autocast on CUDA when ``amp`` is True, and on a CPU where :func:`sslcourse.cpu_bf16.use_bf16`
+    measured it faster; on any device when ``amp == "bf16"``; never with ``amp=False``."""
     if amp not in (True, False, "bf16"):
         raise ValueError(f"amp must be True, False or 'bf16', got {amp!r}.")
+    if amp == "bf16" or (amp is True and (device.type == "cuda" or (device.type == "cpu" and cpu_bf16.use_bf16()))):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -146,8 +148,9 @@ def fit(model: nn.Module, loss_fn: Callable, loader: Any, optimizer: torch.optim
         checkpoint: a file path. After each full epoch model, optimizer, scheduler, history and
             random states are written there (atomically); if the file exists, training
             resumes from it.
-        amp: True: bfloat16 autocast on CUDA, none elsewhere (whether bf16 helps on a CPU
-            depends on the processor); ``"bf16"``: bfloat16 autocast on any device; False: float32.
+        amp: True: bfloat16 autocast on CUDA, and on a CPU with native bf16 where a one-time
+            micro-benchmark found it faster (:mod:`sslcourse.cpu_bf16`; never under grading or
+            ``SSLCOURSE_FAST``); ``"bf16"``: bfloat16 autocast on any device; False: float32.
         channels_last: NHWC memory layout for the model and image batches (faster convs).
         compile: wrap the model in ``torch.compile`` for the steps (state dicts stay the model's).
         live_plot: draw the live loss curve (only ever in a notebook, and never under nbgrader
