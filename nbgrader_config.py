@@ -53,3 +53,6 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # Under nbgrader the smoke preset keeps every cell to seconds; 120 s per cell is a guard
 # against a hung kernel, with room for a slow shared machine, not a training budget.
 c.Execute.timeout = 120
+# A cell past the timeout is interrupted and fails alone, with CellTimeoutError in its output;
+# without this nbgrader drops the whole submission (an infinite loop would cost every point).
+c.Execute.interrupt_on_timeout = True

@@ -5,13 +5,17 @@
     sslcourse data --import PATH  cache CIFAR-10 from a folder of images or a cifar10-jpeg.npz archive
     sslcourse check-submissions [DIR]            list submissions that lost their nbgrader metadata
     sslcourse restore-metadata SUBMISSION RELEASE  copy the metadata back from the release (by cell id)
-    sslcourse autograde ID [--course DIR]        nbgrader autograde ID, then the grading report
+    sslcourse autograde ID [--course DIR] [--no-sandbox] [--sandbox-LIMIT N] [-- NBGRADER ARGS]
+                                                 nbgrader autograde ID, each kernel in the sandbox
+                                                 (sslcourse.sandbox), then the grading report
     sslcourse report ID [--course DIR]           the grading report alone: reports/ID.md and .csv
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -88,7 +92,7 @@ def restore_metadata(submission: str, release: str) -> int:
 
 NO_SANDBOX = ("sslcourse autograde: NO SANDBOX. Submissions run with your rights, as under plain nbgrader: "
               "they can read solutions/ and gradebook.db and use the network. Grade untrusted submissions "
-              "in a throw-away copy of the course or a container. (Kernel isolation is not built yet.)")
+              "in a throw-away copy of the course or a container.")
 
 
 def report(assignment: str, course: str) -> int:
@@ -101,15 +105,73 @@ def report(assignment: str, course: str) -> int:
     return 0
 
 
-def autograde(assignment: str, course: str, extra: list[str]) -> int:
+def autograde(assignment: str, course: str, extra: list[str], *, sandbox: bool = True,
+              limits: dict | None = None) -> int:
+    """nbgrader autograde, each kernel in the sandbox of :mod:`sslcourse.sandbox` where bwrap can build it."""
     import subprocess
+    import tempfile
 
-    print("=" * 78 + "\n" + NO_SANDBOX + "\n" + "=" * 78, flush=True)
-    result = subprocess.run(["nbgrader", "autograde", assignment, *extra], cwd=course)
+    from . import environment
+    from . import sandbox as box
+
+    course_path = Path(course).resolve()
+    settings = limits_or_exit(box, limits or {})
+    why = box.why_not() if sandbox else "--no-sandbox was given"
+    env = environment.tool_environment()
+    with tempfile.TemporaryDirectory(prefix="sslcourse-sandbox-") as scratch:
+        if why is None:
+            data = environment.read().data_dir
+            kernel_env = environment.kernel_environment(python_bin=Path(sys.executable).parent,
+                                                        package_parent=Path(__file__).resolve().parent.parent,
+                                                        data=data)
+            log = course_path / "reports" / "sandbox" / assignment
+            shutil.rmtree(log, ignore_errors=True)
+            runtime = box.prepare(Path(scratch), data=data, env=kernel_env, log=log, limits=settings)
+            env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(Path(scratch, "jupyter")),
+                                                                env.get("JUPYTER_PATH")]))
+            env["JUPYTER_RUNTIME_DIR"] = str(runtime)
+            extra = [*box.nbgrader_args(runtime), *extra]
+            print(f"sslcourse autograde: sandboxed kernels (bubblewrap): each sees only its submission folder, "
+                  f"the installed packages and the dataset cache {data} (read-only); no network; limits "
+                  f"{settings}", flush=True)
+        else:
+            print("=" * 78 + "\n" + NO_SANDBOX + f"\n(no sandbox because {why})\n" + "=" * 78, flush=True)
+        try:
+            command = ["nbgrader", "autograde", assignment, *extra]
+            result = subprocess.run(command, cwd=course_path, env=env)
+            missing = _not_autograded(course_path, assignment) if result.returncode != 0 else []
+            if missing:
+                # nbgrader stops the batch at some broken submissions (duplicated grade ids, a kernel
+                # that died): grade each one left over on its own, so the others still get their grades.
+                print(f"sslcourse autograde: nbgrader stopped early; grading {len(missing)} submission(s) one by "
+                      f"one: {', '.join(missing)}", flush=True)
+                for student in missing:
+                    subprocess.run([*command, f"--student={student}"], cwd=course_path, env=env)
+        finally:
+            if why is None:  # a kernel killed before it could give its folder back
+                box.give_back_folders(sorted((course_path / "autograded").glob(f"*/{assignment}")))
     if result.returncode != 0:
         print(f"sslcourse autograde: nbgrader exited with {result.returncode}; the report shows what was graded.")
     report(assignment, course)
     return result.returncode
+
+
+def _not_autograded(course: Path, assignment: str) -> list[str]:
+    """Students with a submission of ``assignment`` but no autograded notebook of it."""
+    return [folder.parent.name for folder in sorted((course / "submitted").glob(f"*/{assignment}"))
+            if not list((course / "autograded" / folder.parent.name / assignment).glob("*.ipynb"))]
+
+
+def limits_or_exit(box, values: dict):
+    try:
+        return box.limits_from(values)
+    except ValueError as error:
+        raise SystemExit(f"sslcourse autograde: {error}") from None
+
+
+SANDBOX_LIMITS = {"memory_mib": "MiB of address space per process", "processes": "processes",
+                  "file_mib": "MiB per written file", "cpu_s": "CPU seconds per process",
+                  "wall_s": "seconds per kernel", "tmp_mib": "MiB of /tmp", "output_mib": "MiB of notebook output"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("autograde", help="nbgrader autograde, then the grading report")
     p.add_argument("assignment")
     p.add_argument("--course", default=".", help="the course folder (default: here)")
-    p.add_argument("nbgrader_args", nargs=argparse.REMAINDER, help="passed on to nbgrader autograde")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="run kernels unconfined, as plain nbgrader does (only for trusted submissions)")
+    for name, unit in SANDBOX_LIMITS.items():
+        p.add_argument(f"--sandbox-{name.replace('_', '-')}", type=int, metavar="N", help=f"sandbox limit: {unit}")
     p = sub.add_parser("report", help="the grading report of an autograded assignment")
     p.add_argument("assignment")
     p.add_argument("--course", default=".", help="the course folder (default: here)")
@@ -133,13 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("restore-metadata", help="copy nbgrader metadata back into a stripped submission")
     p.add_argument("submission")
     p.add_argument("release")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passed_on = argv[argv.index("--") + 1:] if "--" in argv else []   # autograde ID [...] -- nbgrader args
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if args.command == "check-submissions":
         return check_submissions(args.folder)
     if args.command == "restore-metadata":
         return restore_metadata(args.submission, args.release)
     if args.command == "autograde":
-        return autograde(args.assignment, args.course, [a for a in args.nbgrader_args if a != "--"])
+        limits = {name: getattr(args, f"sandbox_{name}") for name in SANDBOX_LIMITS}
+        return autograde(args.assignment, args.course, passed_on, sandbox=not args.no_sandbox, limits=limits)
     if args.command == "report":
         return report(args.assignment, args.course)
     if args.command == "doctor":

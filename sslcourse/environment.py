@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["Environment", "read", "course_home", "data_dir", "results_dir"]
+__all__ = ["Environment", "read", "course_home", "data_dir", "results_dir", "kernel_environment", "tool_environment"]
 
 _ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
@@ -121,3 +121,31 @@ def data_dir() -> Path:
 def results_dir() -> Path:
     """Saved runs: ``SSLCOURSE_RESULTS`` or ``<home>/results``."""
     return read().results_dir
+
+
+# What a sandboxed grading kernel inherits (sslcourse.sandbox): the course's and nbgrader's own
+# settings, thread counts, locale and malloc tunables. Nothing else: no credentials, tokens or paths.
+_KERNEL_PASSES = ("NBGRADER_", "SSLCOURSE_", "OMP_", "MKL_", "OPENBLAS_", "LANG", "LC_", "TZ",
+                  "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "MALLOC_", "GLIBC_TUNABLES")
+
+
+def kernel_environment(*, python_bin: Path, package_parent: Path, data: Path,
+                       environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a sandboxed grading kernel (:mod:`sslcourse.sandbox`).
+
+    Passes on the variables named in ``_KERNEL_PASSES``; sets ``PATH``, ``HOME`` (its private
+    ``/tmp``), ``PYTHONPATH`` (so ``import sslcourse`` finds this package), ``SSLCOURSE_DATA``
+    (the read-only cache) and ``SSLCOURSE_RESULTS`` (in ``/tmp``), and drops ``SSLCOURSE_HOME``.
+    """
+    env = os.environ if environ is None else environ
+    kept = {name: value for name, value in env.items() if name.startswith(_KERNEL_PASSES)}
+    kept.pop("SSLCOURSE_HOME", None)
+    kept.update(PATH=f"{python_bin}:/usr/local/bin:/usr/bin:/bin", HOME="/tmp", PYTHONPATH=str(package_parent),
+                SSLCOURSE_DATA=str(data), SSLCOURSE_RESULTS="/tmp/results", MPLCONFIGDIR="/tmp/matplotlib",
+                PYTHONNOUSERSITE="1")
+    return kept
+
+
+def tool_environment() -> dict[str, str]:
+    """A copy of the process environment, for a command the course starts (``nbgrader autograde``)."""
+    return dict(os.environ)

@@ -4,7 +4,9 @@ For each submission of an assignment it lists the automatic score (from nbgrader
 and what went wrong: cells that timed out, a kernel that died, errors in test cells, stripped
 nbgrader metadata (graded 0 silently by nbgrader), duplicated or deleted grade cells, and tamper
 flags, both from the static scan of the submitted code (:func:`sslcourse.tamper.scan_notebook`,
-which runs here, outside the student's kernel) and from "tampering detected" failures at test time.
+which runs here, outside the student's kernel) and from "tampering detected" failures at test time,
+and what the sandbox of ``sslcourse autograde`` stopped (:func:`sandbox_findings`: denied files and
+network, limits reached, output cut, and how the kernel ended, from ``reports/sandbox/<ID>/``).
 
 ``sslcourse report ID`` writes ``reports/<ID>.md`` and ``reports/<ID>.csv`` in the course folder.
 """
@@ -12,6 +14,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import re
+import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +45,52 @@ class SubmissionReport:
     failed_tests: list[str] = field(default_factory=list)
     structure: list[str] = field(default_factory=list)   # stripped metadata, duplicated or deleted cells
     tamper: list[str] = field(default_factory=list)
+    sandbox: list[str] = field(default_factory=list)     # what the sandbox stopped
 
     @property
     def needs_review(self) -> bool:
-        return bool(self.timed_out or self.kernel_died or self.structure or self.tamper or self.score is None)
+        return bool(self.timed_out or self.kernel_died or self.structure or self.tamper or self.sandbox
+                    or self.score is None)
+
+
+# (pattern in "ename: evalue", what the report says). The sandbox turns a forbidden act into one of these.
+_SANDBOX_ERRORS = (
+    (r"Read-only file system", "tried to write into a read-only folder"),
+    (r"PermissionError", "was denied access to a file"),
+    (r"Network is unreachable|Temporary failure in name resolution|gaierror|ConnectionRefusedError",
+     "tried to open a network connection"),
+    (r"File too large", "wrote a file past the size limit"),
+    (r"BlockingIOError|Resource temporarily unavailable", "hit the process limit"),
+    (r"MemoryError|Cannot allocate memory", "hit the memory limit"),
+)
+_SIGNALS = {int(sig): sig.name for sig in signal.Signals}
+_PATH = re.compile(r"'(/[^']+)'")
+
+
+def sandbox_findings(error: str, folder: Path) -> list[str]:
+    """What one error output of a sandboxed kernel says the sandbox stopped (``folder``: the submission's own)."""
+    found = [what for pattern, what in _SANDBOX_ERRORS if re.search(pattern, error)]
+    if error.startswith(("FileNotFoundError", "NotADirectoryError")):
+        outside = [p for p in _PATH.findall(error) if not Path(p).is_relative_to(folder)]
+        found += [f"tried to reach {p} (not in its sandbox)" for p in outside]
+    return found
+
+
+def _launcher_findings(record: dict) -> list[str]:
+    found = []
+    if record.get("wall_killed"):
+        found.append(f"the kernel ran past the wall limit ({record['limits']['wall_s']} s) and was killed")
+    code = record.get("exit_code")
+    if code not in (0, None) and not record.get("wall_killed"):
+        if code > 128 and code - 128 in _SIGNALS:    # bwrap reports a signal as 128 + its number
+            found.append(f"the kernel was killed by {_SIGNALS[code - 128]} (a crash, or a limit)")
+        elif code < 0 and -code in _SIGNALS:
+            found.append(f"the kernel was killed by {_SIGNALS[-code]}")
+        else:
+            found.append(f"the kernel exited with code {code} (os._exit or a fatal error in a cell)")
+    if record.get("terminal_bytes_dropped"):
+        found.append(f"{record['terminal_bytes_dropped']} bytes of terminal output dropped")
+    return found
 
 
 def _grade_ids(nb) -> list[str]:
@@ -113,6 +160,10 @@ def build_report(course: Path | str, assignment: str) -> list[SubmissionReport]:
                     entry.structure.append(f"deleted test cells: {', '.join(missing)}")
             entry.tamper += [f"{cell}, {finding}" for cell, finding in scan_notebook(submitted, release)]
         autograded = course / "autograded" / student / assignment / f"{assignment}.ipynb"
+        log = course / "reports" / "sandbox" / assignment / f"{student}.json"
+        ended = _launcher_findings(json.loads(log.read_text())) if log.exists() else []
+        entry.sandbox += ended
+        entry.kernel_died = any("the kernel" in what and "wall" not in what for what in ended)
         graded = _read(autograded) if autograded.exists() else None
         if graded is None:
             entry.kernel_died = entry.kernel_died or autograded.exists()
@@ -122,10 +173,14 @@ def build_report(course: Path | str, assignment: str) -> list[SubmissionReport]:
             for cell in graded.cells:
                 meta = cell.metadata.get("nbgrader", {})
                 for output in cell.get("outputs", []):
+                    name = meta.get("grade_id", f"cell {graded.cells.index(cell) + 1}")
+                    if output.get("output_type") == "stream" and "[sslcourse sandbox: output stopped" in output.get(
+                            "text", ""):
+                        entry.sandbox.append(f"{name}: output cut at the sandbox's limit")
                     if output.get("output_type") != "error":
                         continue
                     text = f"{output.get('ename', '')}: {output.get('evalue', '')}"
-                    name = meta.get("grade_id", "a cell")
+                    entry.sandbox += [f"{name}: {what}" for what in sandbox_findings(text, autograded.parent.resolve())]
                     if any(marker in text for marker in _TIMEOUT_MARKERS):
                         entry.timed_out.append(name)
                     elif any(marker in text for marker in _DEAD_MARKERS):
@@ -152,14 +207,17 @@ def _markdown(assignment: str, reports: list[SubmissionReport]) -> str:
         why += r.structure
         if r.tamper:
             why.append(f"tamper flags: {len(r.tamper)}")
+        if r.sandbox:
+            why.append(f"sandbox: {len(r.sandbox)}")
         score = "not graded" if r.score is None else f"{r.score:g} / {r.max_score:g}"
         lines.append(f"| {r.student} | {score} | {'yes' if r.needs_review else 'no'} | {'; '.join(why) or '-'} |")
     for r in reports:
-        if r.tamper or r.failed_tests:
+        if r.tamper or r.failed_tests or r.sandbox:
             lines += ["", f"## {r.student}"]
             if r.failed_tests:
                 lines.append(f"- failed test cells: {', '.join(r.failed_tests)}")
             lines += [f"- tamper flag: {flag}" for flag in r.tamper]
+            lines += [f"- sandbox: {what}" for what in r.sandbox]
     return "\n".join(lines) + "\n"
 
 
@@ -167,11 +225,11 @@ def _csv(reports: list[SubmissionReport]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["student", "auto_score", "max_score", "needs_review", "timed_out", "kernel_died",
-                     "failed_tests", "structure", "tamper"])
+                     "failed_tests", "structure", "tamper", "sandbox"])
     for r in reports:
         writer.writerow([r.student, "" if r.score is None else r.score, "" if r.max_score is None else r.max_score,
                          r.needs_review, ";".join(r.timed_out), r.kernel_died, ";".join(r.failed_tests),
-                         " | ".join(r.structure), " | ".join(r.tamper)])
+                         " | ".join(r.structure), " | ".join(r.tamper), " | ".join(r.sandbox)])
     return buffer.getvalue()
 
 

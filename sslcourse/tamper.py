@@ -37,7 +37,8 @@ __all__ = ["Finding", "scan_source", "scan_notebook", "TamperingError", "snapsho
 
 # Names whose attributes a submission has no business assigning.
 _MODULE_ROOTS = {"torch", "F", "nn", "np", "numpy", "checks", "sslcourse", "builtins", "sys", "math", "os",
-                 "importlib", "functools", "__builtins__", "random", "time", "warnings", "IPython"}
+                 "importlib", "functools", "__builtins__", "random", "time", "warnings", "IPython",
+                 "ipykernel"}
 _DYNAMIC = {"exec", "eval", "compile", "__import__"}
 _REFLECTIVE = {"setattr", "delattr"}
 _ALLOWED_SETTINGS = ("torch.backends.",)        # performance switches a student may set
