@@ -133,14 +133,18 @@ def kernel_environment(*, python_bin: Path, package_parent: Path, data: Path,
                        environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The whole environment of a sandboxed grading kernel (:mod:`sslcourse.sandbox`).
 
-    Passes on the variables named in ``_KERNEL_PASSES``; sets ``PATH``, ``HOME`` (its private
+    Passes on the variables named in ``_KERNEL_PASSES``; sets ``NBGRADER_EXECUTION`` (the kernel
+    only ever autogrades), ``PATH``, ``HOME`` (its private
     ``/tmp``), ``PYTHONPATH`` (so ``import sslcourse`` finds this package), ``SSLCOURSE_DATA``
     (the read-only cache) and ``SSLCOURSE_RESULTS`` (in ``/tmp``), and drops ``SSLCOURSE_HOME``.
     """
     env = os.environ if environ is None else environ
     kept = {name: value for name, value in env.items() if name.startswith(_KERNEL_PASSES)}
     kept.pop("SSLCOURSE_HOME", None)
-    kept.update(PATH=f"{python_bin}:/usr/local/bin:/usr/bin:/bin", HOME="/tmp", PYTHONPATH=str(package_parent),
+    # nbgrader sets NBGRADER_EXECUTION in its own process after this environment was made; the
+    # sandboxed kernel serves autograde only, so it is set here (the smoke preset, offline).
+    kept.update(NBGRADER_EXECUTION=env.get("NBGRADER_EXECUTION") or "autograde",
+                PATH=f"{python_bin}:/usr/local/bin:/usr/bin:/bin", HOME="/tmp", PYTHONPATH=str(package_parent),
                 SSLCOURSE_DATA=str(data), SSLCOURSE_RESULTS="/tmp/results", MPLCONFIGDIR="/tmp/matplotlib",
                 PYTHONNOUSERSITE="1")
     return kept

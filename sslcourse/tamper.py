@@ -20,8 +20,8 @@ covering what the other cannot:
 Not covered: code that patches in a way the scan cannot see (e.g. through a C extension or a
 file written and imported later) *and* leaves every object :func:`verify` watches in place, such as
 hard-coding answers for the visible inputs (the hidden tests use other inputs for that), or
-reading the hidden tests from disk (the sandbox of ``sslcourse autograde`` is the defence there,
-see the README).
+reading the hidden tests from disk (the sandbox of ``sslcourse autograde``, :mod:`sslcourse.sandbox`,
+is the defence there: solutions/ and the gradebook are not in the kernel's file system).
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ command line with this environment's ``bin`` first on ``PATH``; ``gradebook.db``
 and ``autograded/`` never touch the work tree.
 
 One course copy serves every grading test: for each assignment a handful of students submit,
-and one ``nbgrader autograde <id>`` call grades them all:
+and one ``sslcourse autograde <id>`` call (nbgrader autograde, each kernel sandboxed where the
+machine allows it) grades them all:
 
 ==========  ===============================================================  =========================
 student     submits                                                          expected
@@ -292,6 +293,7 @@ def course(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, course_data_dir) -> dict:
     scratch = tmp_path_factory.mktemp("nbgrader-env")
+    course_data_dir.chmod(0o755)  # a dataset cache is readable by all (the sandbox's uid reads it)
     return tool_env(data=course_data_dir, results=scratch / "results", config_dir=scratch / "jupyter-config")
 
 
@@ -338,7 +340,10 @@ def graded(course, env) -> GradedCourse:
                 stripped = strip_nbgrader_metadata(prefix)
                 submit(course, "stripped", assignment, stripped)
                 submit(course, "restored", assignment, restore_nbgrader_metadata(stripped, release)[0])
-        nbgrader(course, env, "autograde", assignment, "--force")
+        # As an instructor grades: `sslcourse autograde`, each kernel in the sandbox where this
+        # machine can build one (test_sandbox.py attacks it), then the grading report.
+        run_tool([sys.executable, "-m", "sslcourse.cli", "autograde", assignment, "--course", str(course),
+                  "--", "--force"], cwd=course, env=env)
     dump = run_tool([sys.executable, "-c", DUMP_GRADES, f"sqlite:///{course / 'gradebook.db'}"],
                     cwd=course, env=env)
     result.grades = json.loads(dump.stdout.strip().splitlines()[-1])

@@ -168,6 +168,8 @@ class Listener:
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
+    if WHY_NOT is not None:
+        pytest.skip(f"no kernel sandbox on this machine: {WHY_NOT}")
     course = copy_course(tmp_path_factory.mktemp("sandbox-course"))
     data = tmp_path_factory.mktemp("sandbox-data")
     data.chmod(0o755)  # a dataset cache is readable by all; pytest's tmp folders are not
@@ -215,7 +217,7 @@ def outputs(graded, student: str) -> str:
     return "; ".join(shown)
 
 
-pytestmark = [pytest.mark.slow, needs_bwrap]
+pytestmark = pytest.mark.slow
 
 
 def test_autograde_says_it_is_sandboxed(graded):
@@ -316,3 +318,68 @@ def test_command_line_mounts_no_course(tmp_path):
     mounted = [cmd[i + 1] for i, a in enumerate(cmd) if a in ("--bind", "--ro-bind")]
     assert str(cwd) in mounted and not any(m == str(course) or m == str(course / "solutions") for m in mounted)
     assert "--unshare-net" in cmd and "--clearenv" in cmd and sandbox.SETPRIV in cmd
+
+
+# --- without bubblewrap: the pieces ----------------------------------------------------------
+
+def test_kernel_environment_passes_course_settings_only(tmp_path):
+    from sslcourse import environment
+    env = environment.kernel_environment(python_bin=Path("/venv/bin"), package_parent=Path("/repo"), data=tmp_path,
+                                         environ={"SSLCOURSE_CPU_BF16": "0", "SSLCOURSE_HOME": "/home/x",
+                                                  "AWS_SECRET_ACCESS_KEY": "s3cret", "HOME": "/root",
+                                                  "OMP_NUM_THREADS": "2", "JUPYTER_TOKEN": "t"})
+    assert env["SSLCOURSE_CPU_BF16"] == "0" and env["OMP_NUM_THREADS"] == "2"
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "JUPYTER_TOKEN" not in env and "SSLCOURSE_HOME" not in env
+    assert env["HOME"] == "/tmp" and env["SSLCOURSE_DATA"] == str(tmp_path) and env["PYTHONPATH"] == "/repo"
+    assert env["NBGRADER_EXECUTION"] == "autograde", "nbgrader sets it only after this environment is made"
+
+
+CAP_PROBE = """
+import sys
+class Stream:  # stands in for ipykernel's OutStream (a Python class, as it is)
+    def __init__(self): self.parts = []
+    def write(self, s): self.parts.append(s); return len(s)
+    def flush(self): pass
+out, err = Stream(), Stream()
+sys.stdout, sys.stderr = out, err
+exec({line!r})
+original = type(out).__mro__[1].write.__get__(out)
+sys.stdout.write = original                    # as IPython puts the stream's own method back after a cell
+for _ in range(5):
+    print("x" * 400)
+print("late", file=sys.stderr)
+sys.__stdout__.write(repr(("".join(out.parts) + "".join(err.parts))[-80:]) + " " + str(sum(map(len, out.parts + err.parts))))
+"""
+
+
+def test_output_cap_counts_every_write_and_says_so_once():
+    limits = sandbox.Limits(output_mib=1)
+    line = sandbox._cap_output_line(limits).replace(str(2**20), "1000")
+    proc = subprocess.run([sys.executable, "-c", CAP_PROBE.format(line=line)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    note = sandbox.OUTPUT_NOTE.format(1)
+    shown, total = proc.stdout.rsplit(" ", 1)
+    assert note in shown and "late" not in shown, shown
+    assert int(total) == 1000 + len(note) + 2, total
+
+
+def test_report_reads_what_the_sandbox_stopped(tmp_path):
+    from sslcourse.report import _launcher_findings, sandbox_findings
+    folder = tmp_path / "autograded" / "s" / ID
+    assert sandbox_findings(f"FileNotFoundError: [Errno 2] No such file or directory: '{tmp_path}/gradebook.db'",
+                            folder) == [f"tried to reach {tmp_path}/gradebook.db (not in its sandbox)"]
+    assert sandbox_findings(f"FileNotFoundError: [Errno 2] No such file or directory: '{folder}/mine.txt'",
+                            folder) == []
+    assert sandbox_findings("OSError: [Errno 101] Network is unreachable", folder) == \
+        ["tried to open a network connection"]
+    assert sandbox_findings("ValueError: a plain mistake", folder) == []
+    limits = {"wall_s": 1800}
+    assert _launcher_findings({"exit_code": 0, "limits": limits}) == []
+    assert "SIGSEGV" in _launcher_findings({"exit_code": 139, "limits": limits})[0]
+    assert "wall limit" in _launcher_findings({"exit_code": -9, "wall_killed": True, "limits": limits})[0]
+
+
+def test_unknown_limit_is_refused():
+    with pytest.raises(ValueError, match="unknown sandbox limits"):
+        sandbox.limits_from({"memory": 10})
+    assert sandbox.limits_from({"memory_mib": 10, "processes": None}) == sandbox.Limits(memory_mib=10)
