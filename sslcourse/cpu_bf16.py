@@ -12,8 +12,10 @@ never switched on blindly:
   grading and ``SSLCOURSE_FAST`` always stay in float32 (no benchmark, identical on every machine).
 
 What stays in float32 under autocast: PyTorch's CPU autocast runs convolutions, linear layers and
-matrix products in bf16 and keeps reductions such as ``cross_entropy``, ``log_softmax``, norms and
-``softmax`` in float32; :func:`sslcourse.train.fit` reads losses back as float32, and
+matrix products in bf16 and computes the losses (``cross_entropy``, ``mse_loss``,
+``binary_cross_entropy_with_logits``) in float32; ``softmax``, ``normalize`` and norms follow their
+input's dtype, so they stay bf16 after a bf16 matrix product (checked with torch 2.14);
+:func:`sslcourse.train.fit` reads losses back as float32, and
 :func:`sslcourse.evaluate.extract_features` returns float32 features, so kNN and the linear probe
 never see bf16.
 """
