@@ -348,7 +348,15 @@ def prepare(scratch: Path, *, data: Path, env: dict[str, str], log: Path | None,
     if os.geteuid() == 0:
         os.chmod(scratch, 0o755)                         # the sandbox uid must reach runtime/
         os.chown(runtime, SANDBOX_UID, SANDBOX_UID)      # the kernel binds its sockets there
-    config = {"runtime": str(runtime), "data": str(Path(data).resolve()), "env": env,
+    data = Path(data).resolve()
+    if os.geteuid() == 0 and data.is_dir() and (data.stat().st_mode & 0o005) != 0o005:
+        # The sandbox uid could not even look into it, and every notebook would fail on its first
+        # dataset: the kernels get a private, empty cache instead (the embedded set is rebuilt each time).
+        print(f"sslcourse sandbox: the dataset cache {data} is not readable by other users (chmod o+rx it to "
+              f"share it); sandboxed kernels use a private empty cache instead", file=sys.stderr)
+        env = {**env, "SSLCOURSE_DATA": "/tmp/data"}
+        data = Path("/nonexistent-sslcourse-data")
+    config = {"runtime": str(runtime), "data": str(data), "env": env,
               "log": str(log) if log else None, "limits": asdict(limits)}
     (scratch / "sandbox.json").write_text(json.dumps(config, indent=1))
     spec = scratch / "jupyter" / "kernels" / KERNEL_NAME

@@ -41,6 +41,7 @@ The sandbox needs bubblewrap able to create namespaces; without it these tests a
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -383,3 +384,14 @@ def test_unknown_limit_is_refused():
     with pytest.raises(ValueError, match="unknown sandbox limits"):
         sandbox.limits_from({"memory": 10})
     assert sandbox.limits_from({"memory_mib": 10, "processes": None}) == sandbox.Limits(memory_mib=10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root drops kernels to another uid")
+def test_a_cache_the_sandbox_uid_cannot_read_is_replaced_by_a_private_one(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    sandbox.prepare(tmp_path / "scratch", data=data, env={"SSLCOURSE_DATA": str(data)}, log=None,
+                    limits=sandbox.Limits())
+    config = json.loads((tmp_path / "scratch" / "sandbox.json").read_text())
+    assert config["env"]["SSLCOURSE_DATA"] == "/tmp/data" and not Path(config["data"]).exists(), config
+    assert "not readable by other users" in capsys.readouterr().err
