@@ -190,7 +190,7 @@ def graded(tmp_path_factory):
         nbformat.write(submission(release, student, before, extra), folder / f"{ID}.ipynb")
     try:
         proc = run_tool([sys.executable, "-m", "sslcourse.cli", "autograde", ID, "--course", str(course), *LIMITS,
-                         "--", "--Execute.timeout=10", "--force"],
+                         "--", "--Execute.timeout=20", "--force"],
                         cwd=course, env=env, timeout=1200, check=False)
     finally:
         listener.close()
