@@ -51,6 +51,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -165,8 +166,9 @@ def _parent_folders(paths: list[Path]) -> list[str]:
 
 
 def bwrap_command(*, cwd: Path, data: Path, runtime: Path, connection_file: str, env: dict[str, str],
-                  limits: Limits, as_root: bool) -> list[str]:
-    """The whole command line: bwrap, its mounts and namespaces, then (as root) setpriv, then the kernel."""
+                  limits: Limits, as_root: bool, program: list[str] | None = None) -> list[str]:
+    """The whole command line: bwrap, its mounts and namespaces, then (as root) setpriv, then the kernel
+    (or ``program``, which :func:`why_not` uses to try the very same sandbox)."""
     cmd = [BWRAP, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
            "--die-with-parent", "--hostname", "sandbox", "--clearenv"]
     if not as_root:
@@ -187,6 +189,8 @@ def bwrap_command(*, cwd: Path, data: Path, runtime: Path, connection_file: str,
     if as_root:
         cmd += [SETPRIV, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
+    if program is not None:
+        return cmd + program
     return cmd + [sys.executable, "-m", "ipykernel_launcher", "-f", connection_file,
                   f"--IPKernelApp.exec_lines={_cap_output_line(limits)}"]
 
@@ -323,17 +327,26 @@ def why_not() -> str | None:
     as_root = os.geteuid() == 0
     if as_root and not os.access(SETPRIV, os.X_OK):
         return f"{SETPRIV} is not installed (Debian/Ubuntu: util-linux)"
-    flags = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--die-with-parent"]
-    if not as_root:
-        flags.append("--unshare-user")
-    cmd = [BWRAP, *flags, *_system_mounts(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-    if as_root:
-        cmd += [SETPRIV, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups"]
-    try:
-        proc = subprocess.run([*cmd, "/bin/true"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"bwrap failed: {error}"
-    return None if proc.returncode == 0 else f"bwrap cannot create namespaces here: {proc.stderr.strip()[:300]}"
+    # The very command a kernel gets (every flag, mount and the uid drop), running Python to import
+    # ipykernel: an old bwrap without a flag, or a container that forbids namespaces, shows up here.
+    with tempfile.TemporaryDirectory(prefix="sslcourse-sandbox-check-") as scratch:
+        cwd, runtime = Path(scratch, "submission"), Path(scratch, "runtime")
+        cwd.mkdir()
+        runtime.mkdir()
+        if as_root:
+            os.chmod(scratch, 0o755)
+            for folder in (cwd, runtime):
+                os.chown(folder, SANDBOX_UID, SANDBOX_UID)
+        cmd = bwrap_command(cwd=cwd, data=Path("/nonexistent-sslcourse-data"), runtime=runtime, connection_file="",
+                            env={"PATH": "/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}, limits=Limits(), as_root=as_root,
+                            program=[sys.executable, "-c", "import ipykernel, os; open('probe', 'w').write('ok')"])
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, preexec_fn=lambda: _set_limits(Limits()))
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"bwrap failed: {error}"
+        if proc.returncode != 0 or not (cwd / "probe").exists():
+            return f"bwrap cannot build the sandbox here: {(proc.stderr or proc.stdout).strip()[-300:]}"
+    return None
 
 
 def prepare(scratch: Path, *, data: Path, env: dict[str, str], log: Path | None, limits: Limits) -> Path:

@@ -397,3 +397,14 @@ def test_a_cache_the_sandbox_uid_cannot_read_is_replaced_by_a_private_one(tmp_pa
     config = json.loads((tmp_path / "scratch" / "sandbox.json").read_text())
     assert config["env"]["SSLCOURSE_DATA"] == "/tmp/data" and not Path(config["data"]).exists(), config
     assert "not readable by other users" in capsys.readouterr().err
+
+
+def test_why_not_tries_the_real_command_and_says_what_failed(tmp_path, monkeypatch):
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: Unknown option --size' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sandbox, "BWRAP", str(fake))
+    if sys.platform.startswith("linux") and (os.geteuid() != 0 or os.access(sandbox.SETPRIV, os.X_OK)):
+        assert "Unknown option --size" in sandbox.why_not()
+    monkeypatch.setattr(sandbox, "BWRAP", str(tmp_path / "missing"))
+    assert "not installed" in sandbox.why_not() or not sys.platform.startswith("linux")
