@@ -138,8 +138,8 @@ def autograde(assignment: str, course: str, extra: list[str], *, sandbox: bool =
             print("=" * 78 + "\n" + NO_SANDBOX + f"\n(no sandbox because {why})\n" + "=" * 78, flush=True)
         try:
             command = ["nbgrader", "autograde", assignment, *extra]
-            result = subprocess.run(command, cwd=course_path, env=env)
-            missing = _not_autograded(course_path, assignment) if result.returncode != 0 else []
+            code = subprocess.run(command, cwd=course_path, env=env).returncode
+            missing = _not_autograded(course_path, assignment) if code != 0 else []
             if missing:
                 # nbgrader stops the batch at some broken submissions (duplicated grade ids, a kernel
                 # that died): grade each one left over on its own, so the others still get their grades.
@@ -147,13 +147,17 @@ def autograde(assignment: str, course: str, extra: list[str], *, sandbox: bool =
                       f"one: {', '.join(missing)}", flush=True)
                 for student in missing:
                     subprocess.run([*command, f"--student={student}"], cwd=course_path, env=env)
+                left = _not_autograded(course_path, assignment)
+                print(f"sslcourse autograde: {len(missing) - len(left)} of them graded on their own"
+                      + (f"; nbgrader refused {', '.join(left)} (see the report)" if left else ""), flush=True)
+                code = 1 if left else 0
         finally:
             if why is None:  # a kernel killed before it could give its folder back
                 box.give_back_folders(sorted((course_path / "autograded").glob(f"*/{assignment}")))
-    if result.returncode != 0:
-        print(f"sslcourse autograde: nbgrader exited with {result.returncode}; the report shows what was graded.")
+    if code != 0:
+        print(f"sslcourse autograde: nbgrader exited with {code}; the report shows what was graded.")
     report(assignment, course)
-    return result.returncode
+    return code
 
 
 def _not_autograded(course: Path, assignment: str) -> list[str]:

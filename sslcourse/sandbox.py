@@ -12,7 +12,7 @@ folder nbgrader gives the kernel (``autograded/<student>/<id>/``), waits for it,
 it ended in ``reports/sandbox/<id>/<student>.json`` for the grading report.
 
 What the kernel sees (an allow-list: a fresh root, nothing of the host unless named here)
-    read-only   /usr (and the /bin, /lib... links), /etc, the Python installation
+    read-only   /usr (and the /bin, /lib... links), /etc (what the kernel's uid may read of it), the Python installation
                 (``sys.base_prefix``), the virtual environment (``sys.prefix``), the ``sslcourse``
                 package folder, and the dataset cache if it exists;
     read-write  its own submission folder (the working directory), and the runtime folder that
@@ -27,7 +27,8 @@ Other isolation
                 services on 127.0.0.1. ZMQ therefore uses IPC transport (pathname unix
                 sockets in the runtime folder, which do cross network namespaces).
     processes   its own PID, IPC and UTS namespaces; ``--die-with-parent`` and the PID
-                namespace end every process of the submission with the kernel.
+                namespace end every process of the submission with the kernel. The process
+                limit applies when grading as root (see ``user``).
     user        run as root (CI, a grading container), ``setpriv`` drops the kernel to an
                 unprivileged uid (:data:`SANDBOX_UID`, no capabilities, no new privileges):
                 root ignores RLIMIT_NPROC and could read whatever is mounted. The submission
@@ -74,7 +75,7 @@ class Limits:
     """What one submission's kernel may use (``sslcourse autograde --sandbox-<field> N``)."""
 
     memory_mib: int = 8192       # address space per process (RLIMIT_AS)
-    processes: int = 64          # processes of the sandbox uid (RLIMIT_NPROC)
+    processes: int = 64          # processes of the sandbox uid (RLIMIT_NPROC; when grading as root)
     file_mib: int = 1024         # largest file it may write (RLIMIT_FSIZE)
     cpu_s: int = 3600            # CPU seconds per process (RLIMIT_CPU)
     wall_s: int = 1800           # the whole kernel, start to end
@@ -196,10 +197,16 @@ def bwrap_command(*, cwd: Path, data: Path, runtime: Path, connection_file: str,
 
 
 def _set_limits(limits: Limits) -> None:
-    """Resource limits for bwrap and everything below it (soft = hard: the submission cannot raise them)."""
-    for name, value in ((resource.RLIMIT_AS, limits.memory_mib * 2**20), (resource.RLIMIT_NPROC, limits.processes),
-                        (resource.RLIMIT_FSIZE, limits.file_mib * 2**20), (resource.RLIMIT_CPU, limits.cpu_s),
-                        (resource.RLIMIT_CORE, 0)):
+    """Resource limits for bwrap and everything below it (soft = hard: the submission cannot raise them).
+
+    RLIMIT_NPROC only when run as root: the kernel then runs as :data:`SANDBOX_UID`, whose processes are
+    the sandbox's alone. For another user it would count every process of that user on the host.
+    """
+    limited = [(resource.RLIMIT_AS, limits.memory_mib * 2**20), (resource.RLIMIT_FSIZE, limits.file_mib * 2**20),
+               (resource.RLIMIT_CPU, limits.cpu_s), (resource.RLIMIT_CORE, 0)]
+    if os.geteuid() == 0:
+        limited.append((resource.RLIMIT_NPROC, limits.processes))
+    for name, value in limited:
         resource.setrlimit(name, (value, value))
 
 
@@ -349,6 +356,13 @@ def why_not() -> str | None:
     return None
 
 
+def _readable_by_all(folder: Path) -> bool:
+    """The folder can be listed and entered, and every file in it read, by any user."""
+    if folder.stat().st_mode & 0o005 != 0o005:
+        return False
+    return all(path.stat().st_mode & 0o004 for path in folder.iterdir() if path.is_file())
+
+
 def prepare(scratch: Path, *, data: Path, env: dict[str, str], log: Path | None, limits: Limits) -> Path:
     """Write the kernelspec and its configuration under ``scratch``; returns the runtime folder.
 
@@ -362,11 +376,11 @@ def prepare(scratch: Path, *, data: Path, env: dict[str, str], log: Path | None,
         os.chmod(scratch, 0o755)                         # the sandbox uid must reach runtime/
         os.chown(runtime, SANDBOX_UID, SANDBOX_UID)      # the kernel binds its sockets there
     data = Path(data).resolve()
-    if os.geteuid() == 0 and data.is_dir() and (data.stat().st_mode & 0o005) != 0o005:
+    if os.geteuid() == 0 and data.is_dir() and not _readable_by_all(data):
         # The sandbox uid could not even look into it, and every notebook would fail on its first
         # dataset: the kernels get a private, empty cache instead (the embedded set is rebuilt each time).
-        print(f"sslcourse sandbox: the dataset cache {data} is not readable by other users (chmod o+rx it to "
-              f"share it); sandboxed kernels use a private empty cache instead", file=sys.stderr)
+        print(f"sslcourse sandbox: the dataset cache {data} (or a file in it) is not readable by other users "
+              f"(chmod -R o+rX it to share it); sandboxed kernels use a private empty cache instead", file=sys.stderr)
         env = {**env, "SSLCOURSE_DATA": "/tmp/data"}
         data = Path("/nonexistent-sslcourse-data")
     config = {"runtime": str(runtime), "data": str(data), "env": env,
