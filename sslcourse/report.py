@@ -81,6 +81,9 @@ def _launcher_findings(record: dict) -> list[str]:
     if record.get("wall_killed"):
         found.append(f"the kernel ran past the wall limit ({record['limits']['wall_s']} s) and was killed")
     code = record.get("exit_code")
+    # SIGTERM is jupyter_client ending a kernel that was slow to shut down: the grader's doing, not the student's.
+    if code in (-signal.SIGTERM, 128 + signal.SIGTERM):
+        code = 0
     if code not in (0, None) and not record.get("wall_killed"):
         if code > 128 and code - 128 in _SIGNALS:    # bwrap reports a signal as 128 + its number
             found.append(f"the kernel was killed by {_SIGNALS[code - 128]} (a crash, or a limit)")

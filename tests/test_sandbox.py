@@ -378,6 +378,7 @@ def test_report_reads_what_the_sandbox_stopped(tmp_path):
     assert sandbox_findings("ValueError: a plain mistake", folder) == []
     limits = {"wall_s": 1800}
     assert _launcher_findings({"exit_code": 0, "limits": limits}) == []
+    assert _launcher_findings({"exit_code": 143, "limits": limits}) == [], "SIGTERM: the grader ended a slow shutdown"
     assert "SIGSEGV" in _launcher_findings({"exit_code": 139, "limits": limits})[0]
     assert "wall limit" in _launcher_findings({"exit_code": -9, "wall_killed": True, "limits": limits})[0]
 
