@@ -115,7 +115,10 @@ def autograde(assignment: str, course: str, extra: list[str], *, sandbox: bool =
     from . import sandbox as box
 
     course_path = Path(course).resolve()
-    settings = limits_or_exit(box, limits or {})
+    try:
+        settings = box.limits_from(limits or {})
+    except ValueError as error:
+        raise SystemExit(f"sslcourse autograde: {error}") from None
     why = box.why_not() if sandbox else "--no-sandbox was given"
     env = environment.tool_environment()
     with tempfile.TemporaryDirectory(prefix="sslcourse-sandbox-") as scratch:
@@ -164,13 +167,6 @@ def _not_autograded(course: Path, assignment: str) -> list[str]:
     """Students with a submission of ``assignment`` but no autograded notebook of it."""
     return [folder.parent.name for folder in sorted((course / "submitted").glob(f"*/{assignment}"))
             if not list((course / "autograded" / folder.parent.name / assignment).glob("*.ipynb"))]
-
-
-def limits_or_exit(box, values: dict):
-    try:
-        return box.limits_from(values)
-    except ValueError as error:
-        raise SystemExit(f"sslcourse autograde: {error}") from None
 
 
 SANDBOX_LIMITS = {"memory_mib": "MiB of address space per process", "processes": "processes",

@@ -76,15 +76,21 @@ def sandbox_findings(error: str, folder: Path) -> list[str]:
     return found
 
 
+def _died(record: dict) -> bool:
+    """The launcher's record says the kernel ended abnormally, before the wall limit.
+
+    SIGTERM is jupyter_client ending a kernel that was slow to shut down: the grader's doing, not the student's.
+    """
+    code = record.get("exit_code")
+    return code not in (0, None, -signal.SIGTERM, 128 + signal.SIGTERM) and not record.get("wall_killed")
+
+
 def _launcher_findings(record: dict) -> list[str]:
     found = []
     if record.get("wall_killed"):
         found.append(f"the kernel ran past the wall limit ({record['limits']['wall_s']} s) and was killed")
     code = record.get("exit_code")
-    # SIGTERM is jupyter_client ending a kernel that was slow to shut down: the grader's doing, not the student's.
-    if code in (-signal.SIGTERM, 128 + signal.SIGTERM):
-        code = 0
-    if code not in (0, None) and not record.get("wall_killed"):
+    if _died(record):
         if code > 128 and code - 128 in _SIGNALS:    # bwrap reports a signal as 128 + its number
             found.append(f"the kernel was killed by {_SIGNALS[code - 128]} (a crash, or a limit)")
         elif code < 0 and -code in _SIGNALS:
@@ -164,19 +170,19 @@ def build_report(course: Path | str, assignment: str) -> list[SubmissionReport]:
             entry.tamper += [f"{cell}, {finding}" for cell, finding in scan_notebook(submitted, release)]
         autograded = course / "autograded" / student / assignment / f"{assignment}.ipynb"
         log = course / "reports" / "sandbox" / assignment / f"{student}.json"
-        ended = _launcher_findings(json.loads(log.read_text())) if log.exists() else []
-        entry.sandbox += ended
-        entry.kernel_died = any("the kernel" in what and "wall" not in what for what in ended)
+        record = json.loads(log.read_text()) if log.exists() else {}
+        entry.sandbox += _launcher_findings(record)
+        entry.kernel_died = _died(record)
         graded = _read(autograded) if autograded.exists() else None
         if graded is None:
             entry.kernel_died = entry.kernel_died or autograded.exists()
             if not autograded.exists():
                 entry.structure.append("no autograded notebook: nbgrader stopped on this submission (see its log)")
         else:
-            for cell in graded.cells:
+            for number, cell in enumerate(graded.cells, start=1):
                 meta = cell.metadata.get("nbgrader", {})
+                name = meta.get("grade_id", f"cell {number}")
                 for output in cell.get("outputs", []):
-                    name = meta.get("grade_id", f"cell {graded.cells.index(cell) + 1}")
                     if output.get("output_type") == "stream" and "[sslcourse sandbox: output stopped" in output.get(
                             "text", ""):
                         entry.sandbox.append(f"{name}: output cut at the sandbox's limit")
