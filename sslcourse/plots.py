@@ -76,11 +76,11 @@ def image_grid(images, labels: Sequence | None = None, nrow: int = 8, title: str
     return fig
 
 
-def plot_reconstructions(rows: Mapping[str, object], n: int = 8, scale: float = 1.2):
+def plot_reconstructions(rows: Mapping[str, object], n: int = 8, scale: float = 1.2, title: str | None = None):
     """One row of ``n`` images per entry of ``rows``, e.g. ``{"clean": x, "corrupted": x_tilde, "reconstructed": z}``.
 
     Each value is ``[N, C, H, W]`` uint8 or float in [0, 1] (apply ``torch.sigmoid`` to decoder
-    logits first). Returns the Figure.
+    logits first); each row is labelled with its key, and ``title`` heads the figure. Returns the Figure.
     """
     plt = _pyplot()
     named = [(name, _to_hwc_images(images)[:n]) for name, images in rows.items()]
@@ -97,6 +97,8 @@ def plot_reconstructions(rows: Mapping[str, object], n: int = 8, scale: float = 
             else:
                 ax.axis("off")
         axes[r, 0].set_ylabel(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
