@@ -104,18 +104,19 @@ def plot_reconstructions(rows: Mapping[str, object], n: int = 8, scale: float = 
 
 
 def plot_curves(curves, *, xlabel: str = "epoch", ylabel: str | None = None, title: str | None = None,
-                logy: bool = False, ax=None, baselines: Mapping[str, float] | None = None):
+                logy: bool = False, ax=None, baselines: Mapping[str, float] | None = None,
+                metrics: Sequence[str] | None = None):
     """Plot named curves: ``{"loss": [...], "kNN %": [...]}``, or a :class:`sslcourse.train.History`.
 
     A History draws its per-step loss (raw and smoothed) on the left and its per-epoch
     metrics on the right (``ylabel`` labels that panel), exactly as ``fit``'s live plot
-    does, with the same colours; ``baselines`` adds dashed reference lines per metric.
-    Returns the Figure.
+    does, with the same colours; ``baselines`` adds dashed reference lines per metric, and
+    ``metrics`` keeps only those per-epoch metrics. Returns the Figure.
     """
     plt = _pyplot()
     if hasattr(curves, "losses") and hasattr(curves, "epochs"):
         fig = plt.figure(figsize=(10, 3.5))
-        _draw_history(fig, curves.losses, curves.epochs, title, baselines, ylabel)
+        _draw_history(fig, curves.losses, curves.epochs, title, baselines, ylabel, metrics)
         return fig
     if not isinstance(curves, Mapping):
         raise TypeError(f"plot_curves expects a dict of name -> values or a History, got {type(curves).__name__}.")
@@ -263,14 +264,16 @@ def metric_names(epochs: Sequence[Mapping]) -> list[str]:
 
 
 def _draw_history(fig, losses: Sequence[float], epochs: Sequence[Mapping], title: str | None,
-                  baselines: Mapping[str, float] | None = None, ylabel: str | None = None) -> None:
+                  baselines: Mapping[str, float] | None = None, ylabel: str | None = None,
+                  metrics: Sequence[str] | None = None) -> None:
     """Left: loss per step (raw, faint; smoothed, solid). Right: per-epoch numeric metrics.
 
     Metric ``i`` is always drawn in colour ``C{i+1}`` (``C0`` is the loss), so the live plot and
     the final plot of a run agree. ``baselines`` maps a metric name to a reference value (e.g. the
-    kNN accuracy of a random encoder), drawn as a dashed line in that metric's colour.
+    kNN accuracy of a random encoder), drawn as a dashed line in that metric's colour. ``metrics``
+    keeps only those per-epoch metrics (all by default), e.g. the accuracies and not a pixel error.
     """
-    names = metric_names(epochs)
+    names = [n for n in metric_names(epochs) if metrics is None or n in metrics]
     baselines = dict(baselines or {})
     axes = fig.subplots(1, 2 if names or baselines else 1, squeeze=False)[0]
     ax = axes[0]
@@ -320,12 +323,15 @@ class LivePlot:
         min_interval: seconds between two redraws.
         baselines: reference values per metric, drawn dashed (e.g. ``{"knn": random_init_knn}``).
         ylabel: label of the metrics panel, e.g. ``"accuracy (%)"``.
+        metrics: the per-epoch metrics to draw (default all), e.g. ``("knn", "linear")``.
     """
 
     def __init__(self, title: str | None = None, enabled: bool | None = None, min_interval: float = 1.5,
-                 baselines: Mapping[str, float] | None = None, ylabel: str | None = None):
+                  baselines: Mapping[str, float] | None = None, ylabel: str | None = None,
+                 metrics: Sequence[str] | None = None):
         self.title = title
         self.baselines, self.ylabel = dict(baselines or {}), ylabel
+        self.metrics = None if metrics is None else tuple(metrics)
         self.enabled = live_plot_allowed() if enabled is None else enabled
         self.min_interval = min_interval
         self._handle = None
@@ -337,7 +343,7 @@ class LivePlot:
         from matplotlib.figure import Figure  # not pyplot: the inline backend must not show it again
 
         fig = Figure(figsize=(10, 3.2), dpi=72)
-        _draw_history(fig, losses, epochs, self.title, self.baselines, self.ylabel)
+        _draw_history(fig, losses, epochs, self.title, self.baselines, self.ylabel, self.metrics)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
         return buffer.getvalue()

@@ -18,7 +18,7 @@ from torch import nn
 
 from sslcourse.budget import make_budget
 from sslcourse.data import ImageDataset
-from sslcourse.recipes import moco, rotation
+from sslcourse.recipes import denoising, moco, rotation
 from sslcourse.session import Session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,6 +151,97 @@ def test_rotation_run_and_probe_use_the_functions_passed_in(rotation_functions):
     assert 0 <= accuracy <= 100
 
 
+# ------------------------------------------------------------------------------------ denoising autoencoders
+
+@pytest.fixture(scope="module")
+def denoising_functions():
+    return solution_functions("01_denoising_autoencoders", ("masking_noise", "salt_and_pepper", "emphasized_mse",
+                                                            "emphasized_cross_entropy", "dae_loss"))
+
+
+def test_denoising_run_uses_the_functions_passed_in_and_monitors_the_probes(denoising_functions):
+    session = tiny_session()
+    seen = {"noise": [], "loss": [], "step": 0}
+
+    def noise(x, level, generator):
+        seen["noise"].append((level, generator.device.type))
+        return denoising_functions["masking_noise"](x, level, generator)
+
+    def loss(x, z, mask, alpha, beta):
+        seen["loss"].append((z.dtype, torch.is_autocast_enabled("cpu"), alpha, beta))
+        return denoising_functions["emphasized_cross_entropy"](x, z, mask, alpha, beta)
+
+    def dae_loss(model, x, corrupt, loss_):
+        seen["step"] += 1
+        return denoising_functions["dae_loss"](model, x, corrupt, loss_)
+
+    model, history = denoising.run(session, noise, 0.5, loss=loss, dae_loss=dae_loss, monitor=True, epochs=2,
+                                   live_plot=False, progress=False)
+    steps = len(history.losses)
+    assert seen["step"] == steps == 2 * (denoising.train_images(session.data, session.budget) // session.budget.batch_size)
+    assert all(level == 0.5 for level, _ in seen["noise"]) and len(seen["noise"]) == steps + 1   # + the early check
+    assert all(dtype == torch.float32 and not autocast for dtype, autocast, _, _ in seen["loss"])
+    assert {(a, b) for *_, a, b in seen["loss"]} == {(denoising.RECIPE["alpha"], denoising.RECIPE["beta"])}
+    assert [set(e) >= {"knn", "linear", "pixel mse"} for e in history.epochs] == [True, True]
+    probe = denoising.probe(model.encoder, session.data, "cpu", session.budget)
+    assert probe == {"knn": history.epochs[-1]["knn"], "linear": history.epochs[-1]["linear"]}
+    with pytest.raises(TypeError, match="no forward"):
+        model(torch.zeros(1, 3, 32, 32))
+
+
+def test_denoising_run_names_a_broken_corruption_before_training(denoising_functions):
+    def broken(x, level, generator):
+        raise ValueError("masking_noise: expected a fraction nu in [0, 1], got 3")
+
+    with pytest.raises(ValueError, match="expected a fraction"):
+        denoising.run(tiny_session(), broken, 3, loss=denoising_functions["emphasized_mse"],
+                      dae_loss=denoising_functions["dae_loss"], live_plot=False, progress=False)
+
+
+def test_neighbour_fill_and_the_corrupted_entry_error(denoising_functions):
+    smooth = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(2, 3, 32, 32).contiguous()
+    mask = torch.zeros_like(smooth, dtype=torch.bool)
+    mask[:, :, 10, 10] = mask[:, :, 20, 5] = True                  # isolated holes in a linear ramp
+    filled = denoising.neighbour_fill(smooth.masked_fill(mask, 0.0), mask)
+    assert torch.equal(filled[~mask], smooth[~mask])
+    assert ((filled - smooth)[mask].abs().max()) < 1e-6             # the mean of symmetric neighbours is exact
+    isolated = torch.zeros(1, 1, 5, 5, dtype=torch.bool)
+    isolated[..., :, :] = True
+    isolated[..., 0, 0] = False
+    x = torch.full((1, 1, 5, 5), 0.25)
+    assert torch.allclose(denoising.neighbour_fill(x, isolated), x)   # no intact neighbour: the image's intact mean
+    session = tiny_session()
+    model = denoising.new_dae(session.budget, session.data, 0)
+    corrupt = denoising.corruption(denoising_functions["salt_and_pepper"], 0.5, torch.Generator().manual_seed(0))
+    errors = denoising.corrupted_entry_error(model, session.data.test_x[:8], corrupt, "cpu",
+                                             dae_loss=denoising_functions["dae_loss"],
+                                             loss=denoising_functions["emphasized_mse"])
+    assert set(errors) == {"dae", "neighbour fill", "grey"} and all(0 <= v <= 1 for v in errors.values())
+
+
+def test_layout_r2_reads_a_thumbnail_from_features_that_hold_it():
+    g = torch.Generator().manual_seed(0)
+    colours = lambda n: (torch.rand(n, 3, 2, 2, generator=g) * 255).to(torch.uint8).repeat_interleave(16, 2).repeat_interleave(16, 3)
+    data = ImageDataset("blocks", colours(256), torch.arange(256) % 4, colours(64), torch.arange(64) % 4, list("abcd"))
+
+    class Thumbnail(nn.Module):     # features = the 2×2 thumbnail itself: R² near 1 for size=2
+        def forward(self, x):
+            return nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
+
+    class Constant(nn.Module):
+        def forward(self, x):
+            return torch.zeros(len(x), 4)
+
+    assert denoising.layout_r2(Thumbnail(), data, "cpu", size=2) > 0.95
+    assert abs(denoising.layout_r2(Constant(), data, "cpu", size=2)) < 0.05
+
+
+def test_first_layer_filters_are_scaled_per_filter():
+    filters = denoising.first_layer_filters(denoising.random_encoder(make_budget("smoke"), 0))
+    assert filters.shape == (16, 3, 3, 3)
+    assert torch.allclose(filters.amin(dim=(1, 2, 3)), torch.zeros(16)) and torch.allclose(filters.amax(dim=(1, 2, 3)), torch.ones(16))
+
+
 # ------------------------------------------------------------------------------------ the benchmarks
 
 def _defined_and_called(path: Path):
@@ -163,7 +254,8 @@ def _defined_and_called(path: Path):
 
 
 @pytest.mark.parametrize("script, recipe", [("bench_moco.py", "sslcourse.recipes"),
-                                            ("bench_rotation.py", "sslcourse.recipes")])
+                                            ("bench_rotation.py", "sslcourse.recipes"),
+                                            ("bench_denoising.py", "sslcourse.recipes")])
 def test_method_benchmarks_have_no_model_or_loop_of_their_own(script, recipe):
     """The benchmark of a method runs the recipe students run: no class, no backward, no optimiser step."""
     classes, calls, imports = _defined_and_called(REPO / "bench" / script)

@@ -25,10 +25,11 @@ from torch import nn
 from .. import augment, evaluate, models, train
 from ..budget import Budget
 from ..data import DeviceBatches, ImageDataset, to_float
+from ..plots import LivePlot
 
 __all__ = ["NOISE_TYPES", "SWEEP", "RECIPE", "PROBE", "EXPECTED", "expected", "DenoisingAutoencoder",
            "random_encoder", "new_dae", "corruption", "float32_loss", "loader", "optimizer_and_schedule", "run",
-           "probe", "reconstruct", "first_layer_filters"]
+           "probe", "reconstruct", "first_layer_filters", "neighbour_fill", "corrupted_entry_error", "layout_r2"]
 
 NOISE_TYPES = ("gaussian", "masking", "salt-and-pepper")
 SWEEP = {   # corruption levels of the sweep: sigma (pixels in [0, 1]) for Gaussian, the fraction nu otherwise
@@ -38,11 +39,11 @@ SWEEP = {   # corruption levels of the sweep: sigma (pixels in [0, 1]) for Gauss
 }
 
 RECIPE = {   # every constant of the training recipe, one value per budget preset
-    "epochs": {"smoke": 1, "cpu": 8, "gpu": 30},           # the main run
+    "epochs": {"smoke": 1, "cpu": 6, "gpu": 30},           # the main run
     "sweep_epochs": {"smoke": 1, "cpu": 2, "gpu": 8},      # each cell of the sweep and of the loss comparison
     "train_images": {"smoke": 256, "cpu": None, "gpu": None},   # None: all of data.train_x
     "main": ("masking", 0.5),                              # the main run's corruption
-    "loss": "mse",                                         # the main run's loss: "mse" or "cross-entropy"
+    "loss": "cross-entropy",                               # the main run's loss: "mse" or "cross-entropy"
     "alpha": 0.98, "beta": 0.02,                           # the lecture's emphasis (Vincent et al., 2010, Sec. 4.3)
     "lr": {"smoke": 2e-3, "cpu": 2e-3, "gpu": 2e-3},      # Adam
     "weight_decay": 0.0,
@@ -136,8 +137,8 @@ def optimizer_and_schedule(model: nn.Module, budget: Budget, epochs: int, steps_
 
 def run(session, noise: Callable, level: float, *, loss: Callable, dae_loss: Callable, alpha: float | None = None,
         beta: float | None = None, data: ImageDataset | None = None, epochs: int | None = None,
-        live_plot: bool = True, progress: bool = True, desc: str | None = None,
-        deadline_s: float | None = None) -> tuple[DenoisingAutoencoder, train.History]:
+        monitor: bool = False, random_init: dict | None = None, live_plot: bool = True, progress: bool = True,
+        desc: str | None = None, deadline_s: float | None = None) -> tuple[DenoisingAutoencoder, train.History]:
     """Train a denoising autoencoder on ``noise`` at ``level`` with the student's loss; return ``(model, history)``.
 
     Args:
@@ -148,6 +149,9 @@ def run(session, noise: Callable, level: float, *, loss: Callable, dae_loss: Cal
         dae_loss: the step ``dae_loss(model, x, corrupt, loss) -> (loss, x_tilde, z)`` (exercise 3).
         alpha, beta: the emphasis; default the lecture's 0.98 / 0.02. ``alpha = beta = 1`` is the plain loss.
         data: default ``session.data``; ``epochs``: default ``RECIPE["epochs"]``.
+        monitor: probe the encoder after every epoch (:func:`probe`: ``"knn"`` and ``"linear"`` join the
+            epoch's record), to watch whether the features improve while the reconstruction does.
+        random_init: the random-init encoder's probe, drawn as dashed baselines in the live plot.
         live_plot, progress, desc, deadline_s: passed to :func:`sslcourse.train.fit`.
 
     Records ``"pixel mse"`` per step: the mean squared error of the reconstruction over all entries,
@@ -173,8 +177,12 @@ def run(session, noise: Callable, level: float, *, loss: Callable, dae_loss: Cal
         pixel_mse = (z.detach().float() - images.float()).pow(2).mean()
         return value, {"pixel mse": pixel_mse}
 
+    desc = desc or f"DAE, {noise_name(noise)} {level:g}"
+    on_epoch_end = (lambda epoch, model: probe(model.encoder, data, device, budget)) if monitor else None
+    plot = LivePlot(title=desc, baselines=random_init, ylabel="accuracy (%)",
+                    metrics=("knn", "linear"), enabled=None if live_plot else False)
     history = train.fit(model, loss_fn, batches, optimizer, epochs, device=device, scheduler=scheduler,
-                        live_plot=live_plot, progress=progress, desc=desc or f"DAE, {noise_name(noise)} {level:g}",
+                        on_epoch_end=on_epoch_end, live_plot=plot, progress=progress, desc=desc,
                         deadline_s=deadline_s)
     return model, history
 
@@ -207,6 +215,71 @@ def first_layer_filters(encoder: nn.Module) -> torch.Tensor:
     low = w.amin(dim=(1, 2, 3), keepdim=True)
     high = w.amax(dim=(1, 2, 3), keepdim=True)
     return (w - low) / (high - low).clamp_min(1e-8)
+
+
+@torch.no_grad()
+def neighbour_fill(x_tilde: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A reconstruction that learns nothing: each corrupted entry becomes the mean of the intact entries of
+    the same channel in its 3×3 neighbourhood (the image's mean intact value where none is intact).
+    ``[B, C, H, W]`` -> ``[B, C, H, W]``; the intact entries are kept."""
+    intact = (~mask).to(x_tilde.dtype)
+    kernel = torch.ones(x_tilde.shape[1], 1, 3, 3, dtype=x_tilde.dtype, device=x_tilde.device)
+    total = torch.nn.functional.conv2d(x_tilde * intact, kernel, padding=1, groups=x_tilde.shape[1])
+    count = torch.nn.functional.conv2d(intact, kernel, padding=1, groups=x_tilde.shape[1])
+    image_mean = (x_tilde * intact).sum(dim=(1, 2, 3), keepdim=True) / intact.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
+    filled = torch.where(count > 0, total / count.clamp_min(1), image_mean.expand_as(x_tilde))
+    return torch.where(mask, filled, x_tilde)
+
+
+@torch.no_grad()
+def corrupted_entry_error(model: DenoisingAutoencoder, images_uint8: torch.Tensor, corrupt: Callable, device, *,
+                          dae_loss: Callable, loss: Callable) -> dict:
+    """Mean squared error on the corrupted entries only: ``{"dae": .., "neighbour fill": .., "grey": ..}``.
+
+    ``"neighbour fill"`` is :func:`neighbour_fill`, which knows nothing about images beyond "neighbours are
+    alike"; ``"grey"`` fills every corrupted entry with 0.5. A DAE that barely beats the neighbour fill has
+    solved its pretext task with local smoothing, which needs no knowledge of what the image shows.
+    """
+    masks = []
+
+    def recording(x):
+        x_tilde, mask = corrupt(x)
+        masks.append(mask)
+        return x_tilde, mask
+
+    clean, x_tilde, z = reconstruct(model, images_uint8, recording, device, dae_loss=dae_loss, loss=loss)
+    mask = masks[-1].cpu()
+
+    def error(reconstruction):
+        return ((reconstruction - clean)[mask] ** 2).mean().item()
+
+    return {"dae": error(z), "neighbour fill": error(neighbour_fill(x_tilde, mask)), "grey": error(torch.full_like(clean, 0.5))}
+
+
+@torch.no_grad()
+def layout_r2(encoder: nn.Module, data: ImageDataset, device, size: int = 4) -> float:
+    """How much of an image's coarse layout a linear map can read from the pooled features.
+
+    Fits a ridge regression from the encoder's pooled features of the training images to their
+    ``size``×``size`` thumbnails (area-averaged, ``3·size²`` values) and returns R² on the test images:
+    1 means the features hold the whole thumbnail, 0 no more than its average. Compare it with the
+    linear probe: features can hold the layout well and the class poorly.
+    """
+    def split(images):
+        features = evaluate.extract_features(encoder, images, mean=data.mean, std=data.std, device=device).double().cpu()
+        thumbnails = torch.nn.functional.adaptive_avg_pool2d(to_float(images), size).flatten(1).double()
+        return features, thumbnails
+
+    train_f, train_t = split(data.train_x)
+    test_f, test_t = split(data.test_x)
+    mu, sigma = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
+    a = torch.cat([(train_f - mu) / sigma, torch.ones(len(train_f), 1, dtype=torch.float64)], dim=1)
+    ridge = 1e-2 * len(train_f) * torch.eye(a.shape[1], dtype=torch.float64)
+    weights = torch.linalg.solve(a.T @ a + ridge, a.T @ train_t)
+    b = torch.cat([(test_f - mu) / sigma, torch.ones(len(test_f), 1, dtype=torch.float64)], dim=1)
+    residual = ((b @ weights - test_t) ** 2).sum()
+    total = ((test_t - train_t.mean(0)) ** 2).sum()
+    return float(1 - residual / total)
 
 
 EXPECTED: dict = {}   # measured numbers per (preset, dataset), filled from bench/bench_denoising.py
