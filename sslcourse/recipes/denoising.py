@@ -39,7 +39,7 @@ SWEEP = {   # corruption levels of the sweep: sigma (pixels in [0, 1]) for Gauss
 }
 
 RECIPE = {   # every constant of the training recipe, one value per budget preset
-    "epochs": {"smoke": 1, "cpu": 6, "gpu": 30},           # the main run
+    "epochs": {"smoke": 1, "cpu": 10, "gpu": 30},          # the main run
     "sweep_epochs": {"smoke": 1, "cpu": 2, "gpu": 8},      # each cell of the sweep and of the loss comparison
     "train_images": {"smoke": 256, "cpu": None, "gpu": None},   # None: all of data.train_x
     "main": ("masking", 0.5),                              # the main run's corruption
@@ -282,15 +282,16 @@ def layout_r2(encoder: nn.Module, data: ImageDataset, device, size: int = 4) -> 
     return float(1 - residual / total)
 
 
-EXPECTED = {   # measured with bench/bench_denoising.py (bench/RESULTS.md): the main run, seed 0
+EXPECTED = {   # measured with bench/bench_denoising.py (bench/RESULTS.md): the main run, seeds 0 and 1
     ("cpu", "cifar10"): {
-        "knn_random_init": 35.4, "knn": 31.9, "linear_random_init": 48.3, "linear": 46.5,
-        "summary": "kNN 35.4% at random init -> 31.9% after 6 epochs of the main DAE; linear probe 48.3% -> 46.5%. "
-                   "The DAE lost to random init on both probes. A second seed gave 35.5% -> 29.3% and 50.0% -> 46.4%, "
-                   "so the run-to-run noise is 1-3 points and the loss is larger than it. The probes fell after "
-                   "the first epoch (43-44% linear) and climbed back towards random init, not past it; 12 epochs "
-                   "reached {linear12}. On the corrupted entries a training-free neighbour fill was 4x more accurate "
-                   "than the DAE (squared error 0.005 against 0.021).",
+        "knn_random_init": 35.4, "knn": 34.3, "linear_random_init": 48.3, "linear": 48.8,
+        "summary": "kNN 35.4% at random init -> 34.3% after the main DAE's 10 epochs; linear probe 48.3% -> 48.8% "
+                   "(seed 0). A second seed gave 35.5% -> 33.8% and 50.0% -> 46.8%: the DAE tied with random init "
+                   "or lost, and the seeds differ by 1.6-2 points on the linear probe, more than the seed-0 gain. "
+                   "Both probes fell in the first epoch (45% linear) and climbed back to the random-init level, not "
+                   "past it. A linear map from the features to 4x4 thumbnails went from R² 0.88 to 0.93: training "
+                   "taught the encoder the images' coarse layout, not their classes. On the masked entries a "
+                   "training-free neighbour fill was 3x more accurate than the DAE (squared error 0.005 against 0.017).",
     },
 }
 
