@@ -70,3 +70,14 @@ def test_the_real_measurement_returns_two_step_times():
     seconds = cpu_bf16.measure(steps=1, batch=8, width=4)
     assert set(seconds) == {"float32", "bf16"} and all(v > 0 for v in seconds.values())
     assert cpu_bf16.native_bf16() in (None, "AMX", "AVX512-BF16")
+
+
+def test_the_measurement_works_inside_no_grad_and_keeps_the_global_random_state():
+    """The first feature extraction of a fresh machine measures inside torch.no_grad, mid-notebook."""
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    with torch.no_grad():
+        seconds = cpu_bf16.measure(steps=1, batch=4, width=4)
+    assert all(v > 0 for v in seconds.values())
+    assert torch.equal(torch.rand(3), expected_next)
