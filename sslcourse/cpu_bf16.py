@@ -105,7 +105,8 @@ def use_bf16() -> bool:
     native = native_bf16()
     if native is None:
         return False
-    key = f"{_cpu_name()} | {native} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    # "measure v2": decisions of the first measurement (a median per side, easily fooled by load) are redone
+    key = f"{_cpu_name()} | {native} | torch {torch.__version__} | {torch.get_num_threads()} threads | measure v2"
     path = _cache_path()
     try:
         cached = json.loads(path.read_text())
