@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvNet", "ResNet18", "make_backbone", "LinearHead", "MLPHead", "ConvDecoder"]
+__all__ = ["ConvNet", "ResNet18", "make_backbone", "LinearHead", "ProjectionHead", "ConvDecoder", "Discriminator"]
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -278,3 +278,46 @@ class ConvDecoder(nn.Module):
             raise ValueError(f"ConvDecoder expects {vector}[B, {', '.join(map(str, expected))}], "
                              f"got {tuple(z.shape)}. Build it with in_channels and in_size matching its input.")
         return self.net(z)
+
+
+class Discriminator(nn.Module):
+    """A DCGAN-style discriminator for small images: ``[B, C, S, S] -> [B]`` logits (real > 0 > fake).
+
+    ``log2(S) - 2`` stages of a 4×4 stride-2 convolution and LeakyReLU(0.2) halve the resolution
+    down to 4×4, doubling the channels from ``width`` (BatchNorm on every stage but the first, as
+    in Radford, Metz & Chintala, 2016, whose discriminator the context encoder's adversary follows:
+    Pathak et al., 2016, Sec. 3.2); a last 4×4 convolution gives one logit per image. It reads
+    images in [0, 1] and centres them itself, so it can judge an image as it would be shown.
+
+    Args:
+        in_channels: channels of the images (3 for RGB).
+        image_size: height and width ``S``; a power of 2, at least 8.
+        width: channels of the first stage.
+    """
+
+    def __init__(self, in_channels: int = 3, image_size: int = 32, *, width: int = 32):
+        super().__init__()
+        stages = round(math.log2(image_size)) - 2 if image_size >= 8 else 0
+        if stages < 1 or 2 ** (stages + 2) != image_size:
+            raise ValueError(f"Discriminator: image_size must be a power of 2 of at least 8, got {image_size}.")
+        self.in_channels, self.image_size = in_channels, image_size
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for i in range(stages):
+            channels = width * 2**i
+            layers.append(nn.Conv2d(previous, channels, 4, stride=2, padding=1, bias=i == 0))
+            if i > 0:
+                layers.append(nn.BatchNorm2d(channels))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            previous = channels
+        layers.append(nn.Conv2d(previous, 1, 4))          # 4×4 -> 1×1: one logit per image
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C, S, S]`` images in [0, 1] -> ``[B]`` logits."""
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"Discriminator expects images [B, {', '.join(map(str, expected))}], "
+                             f"got {tuple(images.shape)}.")
+        return self.net(2 * images - 1).flatten()
+

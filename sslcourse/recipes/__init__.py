@@ -6,6 +6,20 @@ optimizer and schedule, and ``run(session, ..., deadline_s=None)``, which trains
 code stays in the notebook, and the notebook's locked cells and the ``bench/`` scripts call
 the same ``run``: one implementation is measured, and it is the one students run.
 
+* :mod:`.denoising`: ``01_denoising_autoencoders`` (Vincent et al., 2008, 2010);
+* :mod:`.context_encoder`: ``02_context_encoders`` (Pathak et al., 2016);
 * :mod:`.rotation`: ``05_rotation`` (RotNet, Gidaris et al., 2018);
 * :mod:`.moco`: ``07_moco`` (MoCo v2, He et al., 2020; Chen et al., 2020).
+
+Each module's ``EXPECTED`` table holds what the course measured per ``(preset, dataset)``, and
+its ``expected(budget, dataset)`` reads it through :func:`lookup_expected`.
 """
+from __future__ import annotations
+
+
+def lookup_expected(table: dict, budget, dataset: str) -> dict | None:
+    """``table[(preset name, dataset)]``, or ``None`` where the course has no measured run.
+
+    ``budget`` is a :class:`sslcourse.budget.Budget` or a preset name."""
+    name = budget if isinstance(budget, str) else budget.name
+    return table.get((name, dataset))

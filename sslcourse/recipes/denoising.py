@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import lookup_expected
 from .. import augment, evaluate, models, train
 from ..budget import Budget
 from ..data import DeviceBatches, ImageDataset, to_float
@@ -298,5 +299,4 @@ EXPECTED = {   # measured with bench/bench_denoising.py (bench/RESULTS.md): the 
 
 def expected(budget: Budget | str, dataset: str) -> dict | None:
     """Our measured numbers for this preset and dataset (see :data:`EXPECTED`), or ``None``."""
-    name = budget if isinstance(budget, str) else budget.name
-    return EXPECTED.get((name, dataset))
+    return lookup_expected(EXPECTED, budget, dataset)

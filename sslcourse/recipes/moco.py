@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import lookup_expected
 from .. import augment, evaluate, models, train
 from ..budget import Budget
 from ..contrastive import batch_shuffle, batch_unshuffle, convert_to_split_batchnorm
@@ -309,5 +310,4 @@ EXPECTED = {
 
 def expected(budget: Budget | str, dataset: str) -> dict | None:
     """Our measured numbers for this preset and dataset (see :data:`EXPECTED`), or ``None``."""
-    name = budget if isinstance(budget, str) else budget.name
-    return EXPECTED.get((name, dataset))
+    return lookup_expected(EXPECTED, budget, dataset)
