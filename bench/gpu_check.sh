@@ -5,6 +5,7 @@
 #   bash bench/gpu_check.sh rotation   # bench/bench_rotation.py --preset gpu
 #   bash bench/gpu_check.sh moco       # bench/bench_moco.py --preset gpu
 #   bash bench/gpu_check.sh denoising  # bench/bench_denoising.py --preset gpu (one seed)
+#   bash bench/gpu_check.sh context_encoder  # bench/bench_context_encoder.py --preset gpu (L2 and joint)
 #
 # The machine is bare and offline. It has python3 with torch, torchvision, numpy, pillow, matplotlib,
 # tqdm, scikit-image and scikit-learn; this script installs the repo itself (no dependencies, no
@@ -29,8 +30,8 @@ set -uo pipefail
 
 PART="${1:-}"
 case "$PART" in
-  engine|rotation|moco|denoising) ;;
-  *) echo "usage: bash bench/gpu_check.sh engine|rotation|moco|denoising (got '${PART}')" >&2; exit 2 ;;
+  engine|rotation|moco|denoising|context_encoder) ;;
+  *) echo "usage: bash bench/gpu_check.sh engine|rotation|moco|denoising|context_encoder (got '${PART}')" >&2; exit 2 ;;
 esac
 
 cd "$(dirname "$0")/.."
@@ -88,12 +89,14 @@ case "$PART" in
     run_step bench_augment "$PY" bench/bench_augment.py --device cuda "${DATA[@]}" || status=$?
     run_step bench_engine "$PY" bench/bench_engine.py --device cuda --bf16 "${DATA[@]}" || status=$?
     ;;
-  rotation|moco|denoising)
+  rotation|moco|denoising|context_encoder)
     script="bench/bench_${PART}.py"
     if [ ! -f "$script" ]; then log "$script is missing"; exit 1; fi
     bench_opts "$script"
     # the per-epoch probe comes on top of the training cap: a smaller cap keeps the part inside its 9 minutes
     [ "$PART" = denoising ] && OPTS+=(--seeds 1 --minutes "${DENOISING_MINUTES:-5}")
+    # two runs (L2 only, joint), each capped: the pair and the probes fit the 9 minutes
+    [ "$PART" = context_encoder ] && OPTS+=(--minutes "${CONTEXT_ENCODER_MINUTES:-3}")
     run_step "bench_${PART}" "$PY" "$script" --preset gpu "${OPTS[@]}" || status=$?
     ;;
 esac

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from sslcourse.budget import make_budget
-from sslcourse.models import ConvDecoder, ConvNet, LinearHead, ProjectionHead, ResNet18, make_backbone
+import sslcourse.models
+from sslcourse.models import ConvDecoder, ConvNet, Discriminator, LinearHead, ProjectionHead, ResNet18, make_backbone
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -102,3 +103,35 @@ def test_decoder_inverts_a_convnet_block_map():
     decoder = ConvDecoder(net.block_channels[-1], in_size=4)
     x = torch.randn(2, 3, 32, 32)
     assert decoder(net.forward_blocks(x)[-1]).shape == x.shape
+
+
+@pytest.mark.parametrize("size", [8, 32, 64])
+def test_discriminator_gives_one_logit_per_image_and_learns_to_tell_two_sets_apart(size):
+    torch.manual_seed(0)
+    discriminator = Discriminator(3, size, width=8)
+    assert discriminator(torch.rand(5, 3, size, size)).shape == (5,)
+    with pytest.raises(ValueError, match=rf"expects images \[B, 3, {size}, {size}\], got \(2, 3, 4, 4\)"):
+        discriminator(torch.rand(2, 3, 4, 4))
+    if size != 32:
+        return
+    bright, dark = 0.6 + 0.4 * torch.rand(64, 3, 32, 32), 0.4 * torch.rand(64, 3, 32, 32)
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+    for _ in range(30):
+        loss = (torch.nn.functional.softplus(-discriminator(bright)).mean()
+                + torch.nn.functional.softplus(discriminator(dark)).mean())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    discriminator.eval()
+    assert (discriminator(bright) > 0).float().mean() > 0.9 and (discriminator(dark) < 0).float().mean() > 0.9
+
+
+def test_discriminator_rejects_sizes_it_cannot_reduce_to_4x4():
+    for size in (4, 12, 30):
+        with pytest.raises(ValueError, match="power of 2 of at least 8"):
+            Discriminator(3, size)
+
+
+def test_the_models_module_exports_what_it_defines():
+    assert all(hasattr(sslcourse.models, name) for name in sslcourse.models.__all__)
+

@@ -18,7 +18,7 @@ from torch import nn
 
 from sslcourse.budget import make_budget
 from sslcourse.data import ImageDataset
-from sslcourse.recipes import denoising, moco, rotation
+from sslcourse.recipes import context_encoder, denoising, moco, rotation
 from sslcourse.session import Session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,6 +242,141 @@ def test_first_layer_filters_are_scaled_per_filter():
     assert torch.allclose(filters.amin(dim=(1, 2, 3)), torch.zeros(16)) and torch.allclose(filters.amax(dim=(1, 2, 3)), torch.ones(16))
 
 
+# ------------------------------------------------------------------------------------ context encoders
+
+CE_LOSSES = ("masked_input", "reconstruction_loss", "discriminator_loss", "generator_loss", "context_encoder_loss")
+
+
+@pytest.fixture(scope="module")
+def ce_functions():
+    return solution_functions("02_context_encoders", ("central_mask", "random_region_mask", *CE_LOSSES))
+
+
+def ce_losses(found):
+    return {name: found[name] for name in CE_LOSSES}
+
+
+def test_context_encoder_run_uses_the_functions_passed_in(ce_functions):
+    session = tiny_session()
+    seen = {"masks": [], "rec": [], "disc": []}
+
+    def make_mask(batch, size, fraction, generator):
+        seen["masks"].append((batch, size, fraction))
+        return ce_functions["random_region_mask"](batch, size, fraction, generator)
+
+    def reconstruction_loss(x, prediction, mask):
+        seen["rec"].append((x.dtype, prediction.dtype, torch.is_autocast_enabled("cpu")))
+        return ce_functions["reconstruction_loss"](x, prediction, mask)
+
+    def discriminator_loss(discriminator, real, fake):
+        logits = discriminator(real)
+        seen["disc"].append(logits.dtype)
+        return ce_functions["discriminator_loss"](discriminator, real, fake)
+
+    losses = {**ce_losses(ce_functions), "reconstruction_loss": reconstruction_loss, "discriminator_loss": discriminator_loss}
+    model, history = context_encoder.run(session, make_mask, **losses, lambda_adv=0.5, fraction=0.3, epochs=2,
+                                         live_plot=False, progress=False)
+    steps = len(history.losses)
+    assert steps == 2 * (context_encoder.train_images(session.data, session.budget) // session.budget.batch_size)
+    assert seen["masks"][0] == (2, 32, 0.3) and len(seen["masks"]) == steps + 1        # + the early check
+    assert all(batch == session.budget.batch_size for batch, _, _ in seen["masks"][1:])
+    assert all(x == p == torch.float32 and not autocast for x, p, autocast in seen["rec"])
+    assert set(seen["disc"]) == {torch.float32}                                       # float32 logits for the losses
+    assert all({"reconstruction", "generator", "discriminator", "hole mse"} <= set(e) for e in history.epochs)
+    with pytest.raises(TypeError, match="no forward"):
+        model(torch.zeros(1, 3, 32, 32))
+
+
+def test_one_backward_of_the_joint_loss_gives_each_network_its_own_gradient(ce_functions):
+    """The documented alternative to two optimizers: grad(total) on D is grad(L_D), on the generator
+    grad(λ_rec L_rec + λ_adv L_G), as two separate backward passes compute them."""
+    session = tiny_session()
+    model = context_encoder.new_context_encoder(session.budget, session.data, 0)
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mask = ce_functions["central_mask"](6, 32, 0.25, torch.Generator())
+    kwargs = dict(ce_losses(ce_functions), lambda_rec=1.0, lambda_adv=0.7)
+    del kwargs["context_encoder_loss"]
+    step = ce_functions["context_encoder_loss"]
+    discriminator = list(model.discriminator.parameters())
+    generator = [*model.encoder.parameters(), *model.decoder.parameters()]
+
+    def gradients(loss, parameters):
+        grads = torch.autograd.grad(loss, parameters, allow_unused=True, retain_graph=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, grads)]
+
+    torch.manual_seed(1)
+    total, _ = step(model, x, mask, **kwargs)
+    joint_d, joint_g = gradients(total, discriminator), gradients(total, generator)
+    torch.manual_seed(1)
+    _, parts = step(model, x, mask, **kwargs)
+    own_d = gradients(parts["discriminator"], discriminator)
+    own_g = gradients(parts["reconstruction"] + 0.7 * parts["generator"], generator)
+    leak_d = gradients(parts["reconstruction"] + 0.7 * parts["generator"], discriminator)
+    leak_g = gradients(parts["discriminator"], generator)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(joint_d, own_d))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(joint_g, own_g))
+    assert all(float(g.abs().max()) == 0 for g in leak_d + leak_g)
+    assert any(float(g.abs().max()) > 0 for g in own_d) and any(float(g.abs().max()) > 0 for g in own_g)
+
+
+def test_a_diverging_adversarial_run_stops_with_a_clear_message(ce_functions):
+    """A learning rate 10,000 times the recipe's, and λ_adv 10: within 30 steps the discriminator is certain of
+    every image and the fills are noise. Training stops with AdversarialDivergenceError naming what happened
+    and what to change, instead of running on with a generator loss of 500."""
+    session = tiny_session(n_train=512)
+    with pytest.raises(context_encoder.AdversarialDivergenceError, match="Adversarial training diverged") as caught:
+        context_encoder.run(session, ce_functions["random_region_mask"], **ce_losses(ce_functions), lambda_adv=10.0,
+                            epochs=60, lr_scale=1e4, live_plot=False, progress=False)
+    message = str(caught.value)
+    assert "learning rate" in message and "lambda_adv" in message
+
+
+def test_the_divergence_watch_names_the_loss_and_spots_a_discriminator_that_won():
+    def parts(rec, gen, disc):
+        return {"reconstruction": torch.tensor(rec), "generator": torch.tensor(gen), "discriminator": torch.tensor(disc)}
+
+    watch = context_encoder.DivergenceWatch(0.5, every=3)
+    watch(parts(1.0, 0.7, 1.3))
+    watch(parts(1.0, float("nan"), 1.3))                  # read back at the next check, named with its step
+    with pytest.raises(context_encoder.AdversarialDivergenceError, match="at step 2: generator loss = nan"):
+        watch(parts(1.0, 0.7, 1.3))
+    won = context_encoder.DivergenceWatch(0.5, every=2, patience=3)
+    for _ in range(5):                                    # checks at steps 2 and 4: two in a row, patience 3
+        won(parts(1.0, 30.0, 1e-5))
+    with pytest.raises(context_encoder.AdversarialDivergenceError, match="won outright"):
+        won(parts(1.0, 30.0, 1e-5))
+    recovered = context_encoder.DivergenceWatch(0.5, every=1, patience=2)
+    for values in ((1.0, 30.0, 1e-5), (1.0, 0.8, 1.2), (1.0, 30.0, 1e-5), (1.0, 0.8, 1.2)):
+        recovered(parts(*values))                         # never two checks in a row: no error
+    l2_only = context_encoder.DivergenceWatch(0.0, every=1, patience=1)
+    for _ in range(3):
+        l2_only(parts(1.0, 30.0, 1e-5))                   # the generator ignores the adversary: winning is harmless
+
+
+def test_context_encoder_run_checks_the_mask_before_training(ce_functions):
+    def flat_mask(batch, size, fraction, generator):
+        return torch.zeros(batch, size, size, dtype=torch.bool)
+
+    with pytest.raises(ValueError, match=r"bool mask \[2, 1, 32, 32\], got torch.bool \(2, 32, 32\)"):
+        context_encoder.run(tiny_session(), flat_mask, **ce_losses(ce_functions), live_plot=False, progress=False)
+
+
+def test_fills_hole_error_and_the_discriminator_accuracy(ce_functions):
+    session = tiny_session()
+    model = context_encoder.new_context_encoder(session.budget, session.data, 0)
+    images = session.data.test_x[:8]
+    mask = ce_functions["random_region_mask"](8, 32, 0.25, torch.Generator().manual_seed(0))
+    rows = context_encoder.inpaint({"a": model}, images, mask, "cpu", masked_input=ce_functions["masked_input"])
+    assert list(rows) == ["input", "a", "ground truth"] and all(r.shape == (8, 3, 32, 32) for r in rows.values())
+    hole = mask.expand(8, 3, 32, 32)
+    assert torch.equal(rows["a"][~hole], rows["ground truth"][~hole])          # the context is kept exactly
+    assert torch.allclose(rows["input"][:, 0][mask[:, 0]], torch.full((int(mask.sum()),), model.fill[0]))
+    error = context_encoder.hole_mse(model, images, mask, "cpu", masked_input=ce_functions["masked_input"])
+    assert error == pytest.approx(((rows["a"] - rows["ground truth"]) ** 2)[hole].mean().item(), rel=1e-5)
+    accuracy = context_encoder.discriminator_accuracy(model, images, mask, "cpu", masked_input=ce_functions["masked_input"])
+    assert 0 <= accuracy <= 100
+
+
 # ------------------------------------------------------------------------------------ the benchmarks
 
 def _defined_and_called(path: Path):
@@ -255,7 +390,8 @@ def _defined_and_called(path: Path):
 
 @pytest.mark.parametrize("script, recipe", [("bench_moco.py", "sslcourse.recipes"),
                                             ("bench_rotation.py", "sslcourse.recipes"),
-                                            ("bench_denoising.py", "sslcourse.recipes")])
+                                            ("bench_denoising.py", "sslcourse.recipes"),
+                                            ("bench_context_encoder.py", "sslcourse.recipes")])
 def test_method_benchmarks_have_no_model_or_loop_of_their_own(script, recipe):
     """The benchmark of a method runs the recipe students run: no class, no backward, no optimiser step."""
     classes, calls, imports = _defined_and_called(REPO / "bench" / script)
