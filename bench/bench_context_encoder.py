@@ -13,8 +13,8 @@ through ``bench/solutions.py``.
 
 What it prints: the kNN (k=200, T=0.1) and linear probe of the random-init encoder, and of a context
 encoder for each λ_adv of ``--lambdas`` (default: 0, the L2-only run, and the recipe's), all with the
-recipe's mask and the same budget; per run the error in the hole on 1,000 test images and how often
-the run's own discriminator tells its fills from real images. ``--dae-json`` adds 01's saved DAE
+recipe's mask and the same budget; per run the error in the hole on 1,000 test images (holes of the
+kind it trained on) and how often the run's own discriminator tells its fills from real images. ``--dae-json`` adds 01's saved DAE
 probes to the table, for the lecture's comparison.
 
 It never passes or fails on time. ``--minutes N`` caps each run's training with ``fit``'s deadline.
@@ -121,7 +121,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = history.training_seconds
-        holes = solutions[MASKS[R["mask"]]](len(sample), size, R["fraction"], torch.Generator().manual_seed(args.seed + 1))
+        holes = make_mask(len(sample), size, R["fraction"], torch.Generator().manual_seed(args.seed + 1))   # its own kind
         error = context_encoder.hole_mse(model, data.test_x[sample], holes, device, masked_input=losses["masked_input"])
         spotted = context_encoder.discriminator_accuracy(model, data.test_x[sample], holes, device,
                                                          masked_input=losses["masked_input"])
