@@ -151,16 +151,21 @@ class ResNet18(_BlockBackbone):
 
     Args:
         in_channels: channels of the input images.
+        width: channels of the stem and the first stage (64 in He et al.); the stages have
+            ``width · 2^(k-1)`` channels and ``feature_dim = 8 · width``.
     """
 
-    def __init__(self, in_channels: int = 3):
+    def __init__(self, in_channels: int = 3, width: int = 64):
         super().__init__()
+        if width < 1:
+            raise ValueError(f"width must be a positive int, got {width!r}.")
         self.in_channels = in_channels
-        self.block_channels = (64, 128, 256, 512)
-        self.feature_dim = 512
-        self.stem = conv_bn_relu(in_channels, 64)
+        self.width = width
+        self.block_channels = tuple(width * 2**k for k in range(4))
+        self.feature_dim = self.block_channels[-1]
+        self.stem = conv_bn_relu(in_channels, width)
         stages = []
-        previous = 64
+        previous = width
         for k, channels in enumerate(self.block_channels):
             stride = 1 if k == 0 else 2
             stages.append(nn.Sequential(BasicBlock(previous, channels, stride), BasicBlock(channels, channels)))
@@ -168,17 +173,23 @@ class ResNet18(_BlockBackbone):
         self.blocks = nn.ModuleList(stages)
 
 
-def make_backbone(budget) -> nn.Module:
+def make_backbone(budget, *, in_channels: int = 3, width_divisor: int = 1) -> nn.Module:
     """The backbone a budget preset asks for: ``budget.backbone`` is ``"convnet"`` or ``"resnet18"``.
 
     ``budget`` is a :class:`sslcourse.budget.Budget` (its ``width`` sizes the ConvNet)
-    or a backbone name.
+    or a backbone name. ``in_channels`` is the input's channels (3 for RGB; 1 and 2 for
+    the L and ab views of 03). ``width_divisor=2`` builds the network with half the
+    channels in every layer, and half the ``feature_dim``: the two halves of a split-brain
+    autoencoder (Zhang et al., 2017), whose concatenated features are as wide as one backbone.
     """
+    if not isinstance(width_divisor, int) or width_divisor < 1:
+        raise ValueError(f"width_divisor must be a positive int, got {width_divisor!r}.")
     name = budget if isinstance(budget, str) else budget.backbone
     if name == "convnet":
-        return ConvNet(width=32 if isinstance(budget, str) else budget.width)
+        width = 32 if isinstance(budget, str) else budget.width
+        return ConvNet(width=width // width_divisor, in_channels=in_channels)
     if name == "resnet18":
-        return ResNet18()
+        return ResNet18(in_channels=in_channels, width=64 // width_divisor)
     raise ValueError(f"Unknown backbone {name!r}: expected 'convnet' or 'resnet18'.")
 
 

@@ -75,6 +75,23 @@ def test_make_backbone_follows_the_budget():
         make_backbone("vgg")
 
 
+def test_make_backbone_builds_the_halves_of_a_split_brain():
+    cpu = make_budget("cpu")
+    whole = make_backbone(cpu)
+    for in_channels in (1, 2):
+        half = make_backbone(cpu, in_channels=in_channels, width_divisor=2)
+        assert half.in_channels == in_channels and half.feature_dim == whole.feature_dim // 2
+        assert half(torch.randn(2, in_channels, 32, 32)).shape == (2, whole.feature_dim // 2)
+        with pytest.raises(ValueError, match=rf"expects images \[B, {in_channels}, H, W\]"):
+            half(torch.randn(2, 3, 32, 32))
+    resnet_half = make_backbone("resnet18", in_channels=1, width_divisor=2)
+    assert resnet_half.block_channels == (32, 64, 128, 256) and resnet_half.feature_dim == 256
+    assert resnet_half(torch.randn(2, 1, 32, 32)).shape == (2, 256)
+    assert ResNet18().block_channels == (64, 128, 256, 512)       # the default is He et al.'s
+    with pytest.raises(ValueError, match="width_divisor"):
+        make_backbone(cpu, width_divisor=0)
+
+
 def test_heads():
     assert LinearHead(16, 10)(torch.randn(5, 16)).shape == (5, 10)
     simclr = ProjectionHead(16, 8, hidden_dim=32, batch_norm=True)
