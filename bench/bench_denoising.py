@@ -42,9 +42,9 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.benchutil import DEFAULT_DATA, load_data  # noqa: E402
 from bench.solutions import solution_functions  # noqa: E402
 from sslcourse.budget import make_budget  # noqa: E402
-from sslcourse.data import embedded_digits, load_cifar10_npz  # noqa: E402
 from sslcourse.recipes import denoising  # noqa: E402
 from sslcourse.session import Session, seed_everything  # noqa: E402
 
@@ -52,20 +52,6 @@ EXERCISES = ("gaussian_noise", "masking_noise", "salt_and_pepper", "emphasized_m
              "dae_loss")
 NOISE = {"gaussian": "gaussian_noise", "masking": "masking_noise", "salt-and-pepper": "salt_and_pepper"}
 LOSS = {"mse": "emphasized_mse", "cross-entropy": "emphasized_cross_entropy"}
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.npz"
-SIZES = {"cpu": (10_000, 2_000), "gpu": (None, None)}
-
-
-def load_data(spec: str, preset: str):
-    train_images, test_images = SIZES[preset]
-    if spec == "embedded":
-        print("bench_denoising: WARNING: embedded digits, not CIFAR-10: the numbers are not comparable.")
-        return embedded_digits(train_images or 50_000, test_images or 10_000)
-    path = Path(spec)
-    if not path.exists():
-        raise SystemExit(f"bench_denoising: expected the CIFAR-10 archive at {path}, found no file. "
-                         f"Pass --data PATH_TO_NPZ (or --data embedded for the offline digits).")
-    return load_cifar10_npz(path).subset(train_images, test_images)
 
 
 def spread(values: list[float]) -> str:
@@ -97,7 +83,7 @@ def main() -> None:
     print(f"bench_denoising: preset {budget.name}, device {where}, torch {torch.__version__}")
 
     t = time.perf_counter()
-    data = load_data(args.data, args.preset)
+    data = load_data(args.data, args.preset, "bench_denoising")
     print(f"data: {data!r} ({data.note}); loaded in {time.perf_counter() - t:.1f} s")
     R, pick = denoising.RECIPE, budget.pick
     noise_type, level = R["main"]

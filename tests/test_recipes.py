@@ -18,7 +18,7 @@ from torch import nn
 
 from sslcourse.budget import make_budget
 from sslcourse.data import ImageDataset
-from sslcourse.recipes import context_encoder, denoising, moco, rotation
+from sslcourse.recipes import context_encoder, denoising, moco, rotation, split_brain
 from sslcourse.session import Session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -377,6 +377,101 @@ def test_fills_hole_error_and_the_discriminator_accuracy(ce_functions):
     assert 0 <= accuracy <= 100
 
 
+# ------------------------------------------------------------------------------------ 03: split-brain
+
+SB_EXERCISES = ("rgb_to_lab", "lab_to_rgb", "split_views", "regression_loss", "split_brain_loss", "split_brain_features")
+
+
+@pytest.fixture(scope="module")
+def sb_functions():
+    return solution_functions("03_view_prediction", SB_EXERCISES)
+
+
+def test_split_brain_halves_are_half_width_and_see_their_own_channels():
+    model = split_brain.new_split_brain(make_budget("cpu"), 32, 0)
+    whole = split_brain.models.make_backbone(make_budget("cpu"))
+    assert model.encoder_L.in_channels == 1 and model.encoder_ab.in_channels == 2
+    assert model.feature_dim == whole.feature_dim == 2 * model.encoder_L.feature_dim
+    maps = model.encoder_L.forward_blocks(torch.randn(2, 1, 32, 32))[-1]
+    assert model.decoder_ab(maps).shape == (2, 2, 32, 32)
+    assert model.decoder_L(model.encoder_ab.forward_blocks(torch.randn(2, 2, 32, 32))[-1]).shape == (2, 1, 32, 32)
+    with pytest.raises(TypeError, match="no forward"):
+        model(torch.zeros(1, 3, 32, 32))
+
+
+def test_split_brain_run_uses_the_functions_passed_in(sb_functions):
+    session = tiny_session()
+    seen = {"lab": [], "loss": []}
+
+    def rgb_to_lab(rgb):
+        seen["lab"].append((rgb.dtype, torch.is_autocast_enabled("cpu"), float(rgb.min()), float(rgb.max())))
+        return sb_functions["rgb_to_lab"](rgb)
+
+    def regression_loss(prediction, target):
+        seen["loss"].append((prediction.dtype, target.dtype, torch.is_autocast_enabled("cpu"), prediction.shape[1]))
+        return sb_functions["regression_loss"](prediction, target)
+
+    model, history = split_brain.run(session, rgb_to_lab=rgb_to_lab, split_views=sb_functions["split_views"],
+                                     regression_loss=regression_loss, split_brain_loss=sb_functions["split_brain_loss"],
+                                     epochs=2, live_plot=False, progress=False)
+    steps = len(history.losses)
+    assert steps == 2 * (split_brain.train_images(session.data, session.budget) // session.budget.batch_size)
+    assert len(seen["lab"]) == steps + 1                                     # + the early check
+    assert all(dtype == torch.float32 and not autocast and 0 <= lo and hi <= 1 for dtype, autocast, lo, hi in seen["lab"])
+    assert all(p == t == torch.float32 and not autocast for p, t, autocast, _ in seen["loss"])
+    assert sorted({channels for *_, channels in seen["loss"]}) == [1, 2]     # both halves' losses
+    assert all({"L→ab", "ab→L"} <= set(e) for e in history.epochs)
+    assert all(torch.isfinite(torch.tensor([e["L→ab"], e["ab→L"]])).all() for e in history.epochs)
+
+
+def test_split_brain_run_names_a_broken_conversion_before_training(sb_functions):
+    kwargs = {n: sb_functions[n] for n in ("split_views", "regression_loss", "split_brain_loss")}
+    with pytest.raises(ValueError, match=r"rgb_to_lab\(images \(2, 3, 32, 32\)\) must return a float tensor of the same shape"):
+        split_brain.run(tiny_session(), rgb_to_lab=lambda rgb: rgb[:, :1], **kwargs, live_plot=False, progress=False)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        split_brain.run(tiny_session(), rgb_to_lab=lambda rgb: torch.log(rgb - 2), **kwargs, live_plot=False, progress=False)
+
+
+def test_split_brain_probe_parts_are_the_columns_of_the_features(sb_functions):
+    session = tiny_session()
+    model = split_brain.new_split_brain(session.budget, 32, 0).eval()
+    features = {n: sb_functions[n] for n in ("rgb_to_lab", "split_views", "split_brain_features")}
+    data = session.data
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    from sslcourse.evaluate import extract_features
+    columns = {part: extract_features(split_brain.ViewFeatures(model, part, mean=data.mean, std=data.std, **features),
+                                      images, mean=data.mean, std=data.std, device="cpu", amp=False)
+               for part in split_brain.PARTS}
+    half = model.encoder_L.feature_dim
+    assert columns["concatenation"].shape == (5, model.feature_dim)
+    assert torch.allclose(columns["L→ab half"], columns["concatenation"][:, :half], atol=1e-5)
+    assert torch.allclose(columns["ab→L half"], columns["concatenation"][:, half:], atol=1e-5)
+    lab = sb_functions["rgb_to_lab"](images.float() / 255)
+    L_view, _ = sb_functions["split_views"](lab)
+    with torch.no_grad():
+        assert torch.allclose(columns["L→ab half"], model.encoder_L(L_view), atol=1e-4)
+    result = split_brain.probe(model, "concatenation", data, "cpu", session.budget, **features)
+    assert set(result) == {"knn", "linear"} and all(0 <= v <= 100 for v in result.values())
+    with pytest.raises(ValueError, match="part must be one of"):
+        split_brain.ViewFeatures(model, "both", mean=data.mean, std=data.std, **features)
+
+
+def test_colorize_rows_and_chroma(sb_functions):
+    model = split_brain.new_split_brain(make_budget("smoke"), 32, 0)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    rows = split_brain.colorize(model, images, "cpu", rgb_to_lab=sb_functions["rgb_to_lab"],
+                                lab_to_rgb=sb_functions["lab_to_rgb"], split_views=sb_functions["split_views"])
+    for name in ("grey input", "colorized (L→ab)", "truth", "lightness from colour (ab→L)"):
+        assert rows[name].shape == (3, 3, 32, 32) and 0 <= rows[name].min() and rows[name].max() <= 1
+    grey = rows["grey input"]
+    assert torch.allclose(grey[:, 0], grey[:, 1], atol=2e-3) and torch.allclose(grey[:, 1], grey[:, 2], atol=2e-3)
+    assert torch.allclose(rows["truth"], images.float() / 255)
+    assert torch.allclose(rows["lab_colorized"][:, 0], rows["lab"][:, 0], atol=1e-4)    # the true L is kept
+    lab = torch.zeros(2, 3, 4, 4)
+    lab[:, 1], lab[:, 2] = 3.0, 4.0
+    assert split_brain.chroma(lab) == pytest.approx(5.0)
+
+
 # ------------------------------------------------------------------------------------ the benchmarks
 
 def _defined_and_called(path: Path):
@@ -391,7 +486,8 @@ def _defined_and_called(path: Path):
 @pytest.mark.parametrize("script, recipe", [("bench_moco.py", "sslcourse.recipes"),
                                             ("bench_rotation.py", "sslcourse.recipes"),
                                             ("bench_denoising.py", "sslcourse.recipes"),
-                                            ("bench_context_encoder.py", "sslcourse.recipes")])
+                                            ("bench_context_encoder.py", "sslcourse.recipes"),
+                                            ("bench_split_brain.py", "sslcourse.recipes")])
 def test_method_benchmarks_have_no_model_or_loop_of_their_own(script, recipe):
     """The benchmark of a method runs the recipe students run: no class, no backward, no optimiser step."""
     classes, calls, imports = _defined_and_called(REPO / "bench" / script)

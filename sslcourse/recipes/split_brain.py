@@ -194,6 +194,7 @@ class ViewFeatures(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.to_lab, self.split_views, self.features = _float32(rgb_to_lab), split_views, split_brain_features
         self.feature_dim = model.feature_dim if part == PARTS[2] else model.encoder_L.feature_dim
+        self.train(model.training)      # evaluate restores this mode afterwards: leave the model as it was
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rgb = (x.float() * self.std + self.mean).clamp(0, 1)
