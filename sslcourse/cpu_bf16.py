@@ -8,7 +8,10 @@ never switched on blindly:
 * :func:`native_bf16` names the instruction set, or returns ``None``;
 * :func:`use_bf16` decides once per machine with a micro-benchmark (a few forward/backward
   steps of the ConvNet in float32 and in bf16 autocast), cached in the data folder, and says yes
-  only if bf16 was at least 15% faster. ``SSLCOURSE_CPU_BF16=1`` or ``=0`` forces the answer;
+  only if bf16 was at least 15% faster. A measurement taken while the machine was busy (a load
+  average above half its cores: another training, a helper) decides for this process only and is
+  not cached: under load it has said 0.53x on a machine where bf16 is 2.3x faster when quiet.
+  ``SSLCOURSE_CPU_BF16=1`` or ``=0`` forces the answer;
   grading and ``SSLCOURSE_FAST`` always stay in float32 (no benchmark, identical on every machine).
 
 What stays in float32 under autocast: PyTorch's CPU autocast runs convolutions, linear layers and
@@ -22,6 +25,7 @@ never see bf16.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -34,6 +38,8 @@ from .files import atomic_write
 __all__ = ["native_bf16", "use_bf16", "measure", "describe"]
 
 _MIN_SPEEDUP = 1.15
+_BUSY_LOAD = 0.5                 # load average per core above which a measurement is not cached
+_uncached_decision: tuple[str, bool] | None = None
 _CACHE_NAME = "cpu_bf16.json"
 
 
@@ -114,14 +120,29 @@ def use_bf16() -> bool:
             return bool(cached["use_bf16"])
     except (OSError, ValueError, KeyError):
         pass
+    global _uncached_decision
+    if _uncached_decision is not None and _uncached_decision[0] == key:
+        return _uncached_decision[1]
+    load = _load_average()
     seconds = measure()
     decision = seconds["float32"] / seconds["bf16"] >= _MIN_SPEEDUP
-    record = {"key": key, "use_bf16": decision, "seconds_per_step": seconds}
+    if load > _BUSY_LOAD * (os.cpu_count() or 1):
+        _uncached_decision = (key, decision)     # a busy machine: decide for this process only
+        return decision
+    record = {"key": key, "use_bf16": decision, "seconds_per_step": seconds, "load_average": load}
     try:
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
     except OSError:                             # a read-only data folder: decide again next time
         pass
     return decision
+
+
+def _load_average() -> float:
+    """The 1-minute load average, or 0 where the platform has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def describe() -> str:
@@ -143,4 +164,7 @@ def describe() -> str:
         s = cached["seconds_per_step"]
         return (f"CPU bf16: native ({native}); measured {s['float32'] / s['bf16']:.2f}x a float32 step, "
                 f"so {'used' if cached['use_bf16'] else 'not used'} (SSLCOURSE_CPU_BF16=0/1 to force)")
+    if _uncached_decision is not None:
+        return (f"CPU bf16: native ({native}); measured on a busy machine, so {'used' if _uncached_decision[1] else 'not used'} "
+                "in this session only (measured again next time; SSLCOURSE_CPU_BF16=0/1 to force)")
     return f"CPU bf16: native ({native}); measured at the first training step, used if faster"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ def measured(monkeypatch, tmp_path):
     monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
     monkeypatch.setenv("SSLCOURSE_DATA", str(tmp_path))
     monkeypatch.setattr(cpu_bf16, "native_bf16", lambda: "AVX512-BF16")
+    monkeypatch.setattr(cpu_bf16, "_load_average", lambda: 0.0)     # a quiet machine unless a test says otherwise
+    monkeypatch.setattr(cpu_bf16, "_uncached_decision", None)
     calls = []
 
     def fake(speedup):
@@ -81,3 +84,16 @@ def test_the_measurement_works_inside_no_grad_and_keeps_the_global_random_state(
         seconds = cpu_bf16.measure(steps=1, batch=4, width=4)
     assert all(v > 0 for v in seconds.values())
     assert torch.equal(torch.rand(3), expected_next)
+
+
+def test_a_measurement_on_a_busy_machine_is_not_cached(measured, monkeypatch):
+    fake, calls, folder = measured
+    fake(0.5)                                                   # what a loaded machine measured
+    monkeypatch.setattr(cpu_bf16, "_load_average", lambda: 4.0 * (os.cpu_count() or 1))
+    assert not cpu_bf16.use_bf16() and not cpu_bf16.use_bf16()
+    assert calls == [0.5] and not (folder / "cpu_bf16.json").exists()   # decided once, for this process only
+    assert "busy machine" in cpu_bf16.describe()
+    monkeypatch.setattr(cpu_bf16, "_uncached_decision", None)   # the next session, on a quiet machine
+    monkeypatch.setattr(cpu_bf16, "_load_average", lambda: 0.0)
+    fake(2.0)
+    assert cpu_bf16.use_bf16() and json.loads((folder / "cpu_bf16.json").read_text())["use_bf16"]
