@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.benchutil import DEFAULT_DATA, load_data, machine_name  # noqa: E402
 from bench.solutions import solution_functions  # noqa: E402
+from sslcourse import cpu_bf16  # noqa: E402
 from sslcourse.budget import make_budget  # noqa: E402
 from sslcourse.recipes import split_brain  # noqa: E402
 from sslcourse.session import Session, seed_everything  # noqa: E402
@@ -98,6 +99,8 @@ def main() -> None:
                                      deadline_s=None if args.minutes is None else 60 * args.minutes)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    else:
+        print(cpu_bf16.describe())
     per_epoch = ", ".join(f"{e['L→ab']:.1f}/{e['ab→L']:.1f}" for e in history.epochs)
     print(f"training: {len(history.losses)} steps in {history.training_seconds:.0f} s; per epoch L→ab / ab→L loss: {per_epoch}")
     t = time.perf_counter()

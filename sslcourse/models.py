@@ -288,11 +288,6 @@ class ConvDecoder(nn.Module):
             vector = f"[B, {self.in_channels}] or " if self.in_size == 1 else ""
             raise ValueError(f"ConvDecoder expects {vector}[B, {', '.join(map(str, expected))}], "
                              f"got {tuple(z.shape)}. Build it with in_channels and in_size matching its input.")
-        if z.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # On the CPU, oneDNN's bf16 transposed convolution is several times slower than float32
-            # (bench/RESULTS.md, "CPU bf16"): under CPU autocast the decoder runs in float32.
-            with torch.autocast("cpu", enabled=False):
-                return self.net(z.float())
         return self.net(z)
 
 

@@ -43,7 +43,7 @@ RECIPE = {   # every constant of the training recipe, one value per budget prese
     "weight_decay": 0.0,
     "warmup": 0.05,                                        # fraction of the steps with a linear warm-up; then cosine to 0
     "flip": 0.5,                                           # horizontal flip probability
-    "decoder_width": 16,                                   # channels of models.ConvDecoder's last stage (32 costs 2x the step)
+    "decoder_width": 32,                                   # channels of models.ConvDecoder's last stage
 }
 PROBE = {   # how the features are evaluated: the pooled last blocks, as in every method notebook
     "linear_iterations": {"smoke": 10, "cpu": 100, "gpu": 100},
