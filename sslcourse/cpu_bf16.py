@@ -165,6 +165,6 @@ def describe() -> str:
         return (f"CPU bf16: native ({native}); measured {s['float32'] / s['bf16']:.2f}x a float32 step, "
                 f"so {'used' if cached['use_bf16'] else 'not used'} (SSLCOURSE_CPU_BF16=0/1 to force)")
     if _uncached_decision is not None:
-        return (f"CPU bf16: native ({native}); measured on a busy machine, so {'used' if _uncached_decision[1] else 'not used'} "
-                "in this session only (measured again next time; SSLCOURSE_CPU_BF16=0/1 to force)")
+        return (f"CPU bf16: native ({native}); measured on a busy machine: {'used' if _uncached_decision[1] else 'not used'} "
+                "for this session only, measured again next time (SSLCOURSE_CPU_BF16=0/1 to force)")
     return f"CPU bf16: native ({native}); measured at the first training step, used if faster"
