@@ -12,7 +12,8 @@ the same ``run``: one implementation is measured, and it is the one students run
 * :mod:`.moco`: ``07_moco`` (MoCo v2, He et al., 2020; Chen et al., 2020).
 
 Each module's ``EXPECTED`` table holds what the course measured per ``(preset, dataset)``, and
-its ``expected(budget, dataset)`` reads it through :func:`lookup_expected`.
+its ``expected(budget, dataset)`` reads it through :func:`lookup_expected`. The reconstructive
+methods (01, 02, 03) share :func:`count_train_images` and :func:`flipped_batches`.
 """
 from __future__ import annotations
 
@@ -23,3 +24,20 @@ def lookup_expected(table: dict, budget, dataset: str) -> dict | None:
     ``budget`` is a :class:`sslcourse.budget.Budget` or a preset name."""
     name = budget if isinstance(budget, str) else budget.name
     return table.get((name, dataset))
+
+
+def count_train_images(data, budget, limits: dict) -> int:
+    """How many training images a recipe uses: ``limits`` per preset (``RECIPE["train_images"]``), None for all."""
+    limit = budget.pick(**limits)
+    return len(data.train_x) if limit is None else min(limit, len(data.train_x))
+
+
+def flipped_batches(data, budget, device, *, limits: dict, flip: float, seed: int = 0):
+    """The first :func:`count_train_images` training images as a ``DeviceBatches`` of ``budget.batch_size``,
+    in [0, 1] and not normalised (they are also the targets), each flipped horizontally with probability ``flip``."""
+    from .. import augment
+    from ..data import DeviceBatches
+
+    n = count_train_images(data, budget, limits)
+    return DeviceBatches(data.train_x[:n], data.train_y[:n], min(budget.batch_size, n), device,
+                         augment=augment.RandomHorizontalFlip(flip), seed=seed)

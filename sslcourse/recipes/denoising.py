@@ -22,8 +22,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import lookup_expected
-from .. import augment, evaluate, models, train
+from . import count_train_images, flipped_batches, lookup_expected
+from .. import evaluate, models, train
 from ..budget import Budget
 from ..data import DeviceBatches, ImageDataset, to_float
 from ..plots import LivePlot
@@ -117,15 +117,12 @@ def float32_loss(loss: Callable, alpha: float, beta: float) -> Callable:
 
 def train_images(data: ImageDataset, budget: Budget) -> int:
     """How many images the DAE trains on under this budget (``RECIPE["train_images"]``; None means all)."""
-    limit = budget.pick(**RECIPE["train_images"])
-    return len(data.train_x) if limit is None else min(limit, len(data.train_x))
+    return count_train_images(data, budget, RECIPE["train_images"])
 
 
 def loader(data: ImageDataset, budget: Budget, device, seed: int = 0) -> DeviceBatches:
     """Flipped training images in [0, 1] (not normalised: they are the clean targets), ``budget.batch_size`` per step."""
-    n = train_images(data, budget)
-    return DeviceBatches(data.train_x[:n], data.train_y[:n], min(budget.batch_size, n), device,
-                         augment=augment.RandomHorizontalFlip(RECIPE["flip"]), seed=seed)
+    return flipped_batches(data, budget, device, limits=RECIPE["train_images"], flip=RECIPE["flip"], seed=seed)
 
 
 def optimizer_and_schedule(model: nn.Module, budget: Budget, epochs: int, steps_per_epoch: int):
