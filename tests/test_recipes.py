@@ -18,7 +18,7 @@ from torch import nn
 
 from sslcourse.budget import make_budget
 from sslcourse.data import ImageDataset
-from sslcourse.recipes import context_encoder, denoising, moco, rotation, split_brain
+from sslcourse.recipes import context_encoder, denoising, moco, patch_position, rotation, split_brain
 from sslcourse.session import Session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -474,6 +474,100 @@ def test_colorize_rows_and_chroma(sb_functions):
 
 # ------------------------------------------------------------------------------------ the benchmarks
 
+# ------------------------------------------------------------------------------- 04: patch position
+
+PP_EXERCISES = ("grid_patches", "sample_pairs", "pair_logits", "hamming_permutations", "shuffle_tiles")
+
+
+@pytest.fixture(scope="module")
+def pp_functions():
+    return solution_functions("04_patch_position", PP_EXERCISES)
+
+
+def test_colour_dropping_keeps_one_channel_per_patch_and_follows_the_generator():
+    patches = torch.randn(200, 3, 4, 4, generator=torch.Generator().manual_seed(0)) + 5    # far from the noise
+    dropped = patch_position.drop_colour(patches, torch.Generator().manual_seed(1))
+    kept = (dropped == patches).flatten(2).all(dim=2)                                        # [200, 3]
+    assert kept.sum(dim=1).tolist() == [1] * 200
+    assert set(kept.float().argmax(dim=1).tolist()) == {0, 1, 2}
+    assert dropped[~kept].abs().max() < 10 * patch_position.RECIPE["noise_std"]
+    assert torch.equal(dropped, patch_position.drop_colour(patches, torch.Generator().manual_seed(1)))
+
+
+def test_candidate_permutations_are_unique_permutations_with_the_identity_first():
+    candidates = patch_position.candidate_permutations(500, seed=3)
+    assert candidates.dtype == torch.int64 and candidates.shape[1] == 9
+    assert torch.equal(candidates[0], torch.arange(9))
+    assert len(torch.unique(candidates, dim=0)) == len(candidates) >= 490
+    assert torch.equal(candidates.sort(dim=1).values, torch.arange(9).expand_as(candidates))
+    assert torch.equal(candidates, patch_position.candidate_permutations(500, seed=3))
+
+
+def test_relative_position_run_uses_the_functions_passed_in(pp_functions):
+    session = tiny_session()
+    seen = {"grid": [], "logits": []}
+
+    def grid_patches(images, **kwargs):
+        seen["grid"].append((tuple(images.shape), kwargs["patch"], kwargs["gap"], kwargs["jitter"]))
+        return pp_functions["grid_patches"](images, **kwargs)
+
+    def pair_logits(model, centre, neighbour):
+        seen["logits"].append((tuple(centre.shape), tuple(neighbour.shape)))
+        return pp_functions["pair_logits"](model, centre, neighbour)
+
+    setting = patch_position.SETTINGS["no gap, no jitter, full colour (the shortcut)"]
+    model, history = patch_position.run_relative_position(
+        session, setting, grid_patches=grid_patches, sample_pairs=pp_functions["sample_pairs"], pair_logits=pair_logits,
+        epochs=2, live_plot=False, progress=False)
+    steps = len(history.losses)
+    assert steps == 2 * (len(session.data.train_x) // session.budget.batch_size) and len(seen["grid"]) == steps
+    assert all(shape[-2:] == (64, 64) and (patch, gap, jitter) == (16, 0, 0) for shape, patch, gap, jitter in seen["grid"])
+    assert all(c[1:] == (3, 16, 16) and c == n for c, n in seen["logits"])
+    assert 0 <= history.epochs[-1]["position acc"] <= 1
+    accuracy = patch_position.relative_position_accuracy(model, session.data, setting, "cpu", images=40,
+                                                         **{k: pp_functions[k] for k in PP_EXERCISES[:3]})
+    assert 0 <= accuracy <= 100
+
+
+def test_a_wrong_grid_names_the_exercise_and_a_bad_setting_is_refused(pp_functions):
+    session = tiny_session()
+    functions = {"sample_pairs": pp_functions["sample_pairs"], "pair_logits": pp_functions["pair_logits"]}
+    with pytest.raises(ValueError, match="exercise 1a"):
+        patch_position.run_relative_position(session, {"gap": 6}, grid_patches=lambda images, **_: images,
+                                             epochs=1, live_plot=False, progress=False, **functions)
+    with pytest.raises(ValueError, match="keys gap, jitter and colour"):
+        patch_position.run_relative_position(session, {"colour": "grey"}, grid_patches=pp_functions["grid_patches"],
+                                             epochs=1, live_plot=False, progress=False, **functions)
+
+
+def test_jigsaw_shares_one_encoder_over_the_tiles_and_trains(pp_functions):
+    session = tiny_session()
+    permutations = pp_functions["hamming_permutations"](patch_position.candidate_permutations(200, 0), 8)
+    model, history = patch_position.run_jigsaw(session, permutations, grid_patches=pp_functions["grid_patches"],
+                                               shuffle_tiles=pp_functions["shuffle_tiles"], epochs=1,
+                                               live_plot=False, progress=False)
+    assert model.head[-1].out_features == 8 and "jigsaw acc" in history.epochs[-1]
+    calls = []
+    model.encoder.register_forward_hook(lambda module, inputs, output: calls.append(tuple(inputs[0].shape)))
+    logits = model.eval()(torch.randn(3, 9, 3, 16, 16))
+    assert logits.shape == (3, 8) and calls == [(27, 3, 16, 16)]
+    accuracy = patch_position.jigsaw_accuracy(model, session.data, permutations, "cpu", images=40,
+                                              grid_patches=pp_functions["grid_patches"],
+                                              shuffle_tiles=pp_functions["shuffle_tiles"])
+    assert 0 <= accuracy <= 100
+
+
+def test_patch_probe_feeds_whole_images_at_the_training_scale():
+    session = tiny_session()
+    sizes = []
+    encoder = patch_position.random_encoder(session.budget, 0)
+    encoder.register_forward_pre_hook(lambda module, inputs: sizes.append(tuple(inputs[0].shape[-2:])))
+    result = patch_position.probe(encoder, session.data, "cpu", session.budget)
+    assert set(sizes) == {(64, 64)} and set(result) == {"knn", "linear"}
+    with pytest.raises(TypeError, match="no forward"):
+        patch_position.new_relative_position(session.budget, 0)(torch.zeros(1, 3, 16, 16))
+
+
 def _defined_and_called(path: Path):
     tree = ast.parse(path.read_text())
     classes = [node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
@@ -487,7 +581,8 @@ def _defined_and_called(path: Path):
                                             ("bench_rotation.py", "sslcourse.recipes"),
                                             ("bench_denoising.py", "sslcourse.recipes"),
                                             ("bench_context_encoder.py", "sslcourse.recipes"),
-                                            ("bench_split_brain.py", "sslcourse.recipes")])
+                                            ("bench_split_brain.py", "sslcourse.recipes"),
+                                            ("bench_patch_position.py", "sslcourse.recipes")])
 def test_method_benchmarks_have_no_model_or_loop_of_their_own(script, recipe):
     """The benchmark of a method runs the recipe students run: no class, no backward, no optimiser step."""
     classes, calls, imports = _defined_and_called(REPO / "bench" / script)
