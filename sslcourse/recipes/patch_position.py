@@ -339,7 +339,20 @@ def jigsaw_accuracy(model: JigsawNet, data: ImageDataset, permutations: torch.Te
     return 100.0 * correct / total
 
 
-EXPECTED: dict = {}   # measured with bench/bench_patch_position.py (bench/RESULTS.md), seed 0; filled once measured
+EXPECTED = {   # measured with bench/bench_patch_position.py (bench/RESULTS.md), seed 0
+    ("cpu", "cifar10"): {
+        "knn_random_init": 35.3, "linear_random_init": 50.5, "knn": 39.1, "linear": 53.3,   # gap + jitter, full colour
+        "settings": {"gap + jitter + colour dropping": {"pretext_accuracy": 35.5, "knn": 36.3, "linear": 51.8},
+                     "gap + jitter, full colour": {"pretext_accuracy": 42.5, "knn": 39.1, "linear": 53.3},
+                     "no gap, no jitter, full colour (the shortcut)": {"pretext_accuracy": 84.2, "knn": 30.5, "linear": 48.9}},
+        "jigsaw": {"pretext_accuracy": 60.4, "knn": 35.2, "linear": 49.6},
+        "summary": "random init (probed on 64-px images) kNN 35.3% / linear 50.5%. After 15 epochs each: every fix on, "
+                   "position accuracy 35.5% (chance 12.5%), probes 36.3% / 51.8%; without colour dropping 42.5%, "
+                   "39.1% / 53.3%; with no gap, no jitter and full colour (the shortcut) 84.2% but 30.5% / 48.9%, "
+                   "below random init. The jigsaw (64 permutations, minimum Hamming distance 6, 10 epochs) solved "
+                   "60.4% of held-out puzzles (chance 1.6%) and probed 35.2% / 49.6%, level with random init.",
+    },
+}
 
 
 def expected(budget: Budget | str, dataset: str) -> dict | None:
