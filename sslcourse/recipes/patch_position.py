@@ -122,8 +122,8 @@ def new_relative_position(budget: Budget, seed: int) -> RelativePositionNet:
     return RelativePositionNet(random_encoder(budget, seed), RECIPE["head_width"])
 
 
-def new_jigsaw(budget: Budget, seed: int) -> JigsawNet:
-    return JigsawNet(random_encoder(budget, seed), budget.pick(**RECIPE["permutations"]), RECIPE["head_width"])
+def new_jigsaw(budget: Budget, seed: int, num_permutations: int) -> JigsawNet:
+    return JigsawNet(random_encoder(budget, seed), num_permutations, RECIPE["head_width"])
 
 
 def upsampled(images: torch.Tensor) -> torch.Tensor:
@@ -259,7 +259,7 @@ def run_jigsaw(session, permutations: torch.Tensor, setting: dict | None = None,
     budget, device = session.budget, session.device
     setting = _check_setting(setting if setting is not None else next(iter(SETTINGS.values())))
     permutations = torch.as_tensor(permutations, dtype=torch.long).to(device)
-    model = JigsawNet(random_encoder(budget, session.seed), len(permutations), RECIPE["head_width"])
+    model = new_jigsaw(budget, session.seed, len(permutations))
     # A jigsaw step encodes 9 tiles per image: a quarter of the images per step keeps the step's cost near 2 patches × B.
     batches = loader(data, budget, device, images_per_step=max(budget.batch_size // 4, 8), seed=session.seed)
     epochs = budget.pick(**RECIPE["jigsaw_epochs"]) if epochs is None else epochs
