@@ -8,6 +8,7 @@
 #   bash bench/gpu_check.sh context_encoder  # bench/bench_context_encoder.py --preset gpu (L2 and joint)
 #   bash bench/gpu_check.sh split_brain  # bench/bench_split_brain.py --preset gpu (halves and concatenation)
 #   bash bench/gpu_check.sh patch_position  # bench/bench_patch_position.py --preset gpu (3 settings + jigsaw)
+#   bash bench/gpu_check.sh cpc        # bench/bench_cpc.py --preset gpu (Tables 1 and 2 on speech, CPC on images)
 #
 # The machine is bare and offline. It has python3 with torch, torchvision, numpy, pillow, matplotlib,
 # tqdm, scikit-image and scikit-learn; this script installs the repo itself (no dependencies, no
@@ -32,8 +33,8 @@ set -uo pipefail
 
 PART="${1:-}"
 case "$PART" in
-  engine|rotation|moco|denoising|context_encoder|split_brain|patch_position) ;;
-  *) echo "usage: bash bench/gpu_check.sh engine|rotation|moco|denoising|context_encoder|split_brain|patch_position (got '${PART}')" >&2; exit 2 ;;
+  engine|rotation|moco|denoising|context_encoder|split_brain|patch_position|cpc) ;;
+  *) echo "usage: bash bench/gpu_check.sh engine|rotation|moco|denoising|context_encoder|split_brain|patch_position|cpc (got '${PART}')" >&2; exit 2 ;;
 esac
 
 cd "$(dirname "$0")/.."
@@ -91,7 +92,7 @@ case "$PART" in
     run_step bench_augment "$PY" bench/bench_augment.py --device cuda "${DATA[@]}" || status=$?
     run_step bench_engine "$PY" bench/bench_engine.py --device cuda --bf16 "${DATA[@]}" || status=$?
     ;;
-  rotation|moco|denoising|context_encoder|split_brain|patch_position)
+  rotation|moco|denoising|context_encoder|split_brain|patch_position|cpc)
     script="bench/bench_${PART}.py"
     if [ ! -f "$script" ]; then log "$script is missing"; exit 1; fi
     bench_opts "$script"
@@ -103,6 +104,8 @@ case "$PART" in
     [ "$PART" = split_brain ] && OPTS+=(--minutes "${SPLIT_BRAIN_MINUTES:-5}")
     # four runs (three settings and the jigsaw), each capped, then five probes of 50k/10k images at 64 px
     [ "$PART" = patch_position ] && OPTS+=(--minutes "${PATCH_POSITION_MINUTES:-1.2}")
+    # nine trainings (the main run, the supervised reference, six ablations, the images), each capped
+    [ "$PART" = cpc ] && OPTS+=(--minutes "${CPC_MINUTES:-0.6}")
     run_step "bench_${PART}" "$PY" "$script" --preset gpu "${OPTS[@]}" || status=$?
     ;;
 esac

@@ -582,7 +582,8 @@ def _defined_and_called(path: Path):
                                             ("bench_denoising.py", "sslcourse.recipes"),
                                             ("bench_context_encoder.py", "sslcourse.recipes"),
                                             ("bench_split_brain.py", "sslcourse.recipes"),
-                                            ("bench_patch_position.py", "sslcourse.recipes")])
+                                            ("bench_patch_position.py", "sslcourse.recipes"),
+                                            ("bench_cpc.py", "sslcourse.recipes")])
 def test_method_benchmarks_have_no_model_or_loop_of_their_own(script, recipe):
     """The benchmark of a method runs the recipe students run: no class, no backward, no optimiser step."""
     classes, calls, imports = _defined_and_called(REPO / "bench" / script)

@@ -1,0 +1,522 @@
+"""Contrastive Predictive Coding, as ``06_cpc`` runs it (van den Oord, Li & Vinyals, 2018, "Representation
+Learning with Contrastive Predictive Coding", arXiv:1807.03748).
+
+Read top to bottom: the recipe table per preset, the sequence model :class:`CPCModel` (a strided 1-D
+convolutional encoder, a GRU, one linear predictor per step), the loader of sequences, the CPC loss built from
+the student's four functions, ``run`` for sequences, the probes of Table 1 (per-sequence speaker, per-step phone)
+and their baselines (random init, the log-spectrogram, a supervised encoder), then CPC on images: a grid of
+patches, each column read top to bottom by a GRU, rows predicted from the rows above (Sec. 3.2 of the paper,
+with a GRU per column in place of its PixelCNN), probed like every other method of the course.
+
+The graded parts come in as arguments at call time: ``encode_and_context(model, waves)``,
+``step_scores(predictor, context, candidates)``, ``info_nce(scores)`` and
+``sample_negatives(batch, steps, count, mode, generator)``. ``bench/bench_cpc.py`` calls the same functions
+with the solution notebook's.
+
+**Data.** The sequences are :func:`sslcourse.data.synthetic_speech` (see its module for the design and the
+measurement behind it): deterministic, labelled per sequence (the speaker) and per 10-ms step (the phone), built in
+seconds, so the notebook works offline and in the smoke preset.
+
+**Precision.** The scores, the InfoNCE loss and the probes' logits are computed in float32 (the cross-entropy of a
+softmax over candidates loses its small differences in bf16); the encoder and the GRU may run under ``fit``'s
+autocast.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import lookup_expected
+from .. import augment, evaluate, models, train
+from ..budget import Budget
+from ..data import DeviceBatches, ImageDataset, normalize, to_float
+from ..data.speech import SpeechDataset, log_spectrogram, synthetic_speech
+
+__all__ = ["RECIPE", "NEGATIVE_MODES", "PAPER", "PROBE", "EXPECTED", "expected", "CPCModel", "ChannelNorm",
+           "speech_data", "new_cpc", "new_supervised", "SequenceBatches", "loader", "optimizer_and_schedule",
+           "cpc_loss", "run", "held_out_steps", "run_supervised", "frame_features", "spectrogram_features", "probe_sequences",
+           "zero_predictors", "ImageCPC", "patch_grid", "image_cpc_loss", "run_images", "probe_images", "random_image_encoder"]
+
+NEGATIVE_MODES = {   # the negatives ablation (Table 2, lower half): what sample_negatives draws from
+    "mixed": "any other step of any sequence in the batch (the paper's 'mixed speaker')",
+    "same": "other steps of the same sequence only (the paper's 'current sequence only')",
+    "other": "steps of the other sequences only (the paper's 'excluding current sequence')",
+}
+
+RECIPE = {   # every constant of the training recipe, one value per budget preset where it differs
+    "speech": {"train": {"smoke": 64, "cpu": 2000, "gpu": 4000},     # sequences (synthetic_speech)
+               "test": {"smoke": 64, "cpu": 500, "gpu": 1000},
+               "seconds": {"smoke": 0.32, "cpu": 0.64, "gpu": 1.28}},
+    "channels": {"smoke": 32, "cpu": 64, "gpu": 256},    # the encoder's width D (the paper: 512)
+    "context": {"smoke": 32, "cpu": 64, "gpu": 256},     # the GRU's width H (the paper: 256)
+    "steps_ahead": 12,                                    # K predictors W_1..W_K (the paper's best: 12)
+    "negatives": {"smoke": 8, "cpu": 32, "gpu": 64},      # N - 1 per positive
+    "negative_mode": "mixed",
+    "epochs": {"smoke": 1, "cpu": 10, "gpu": 20},       # cpu: 620 steps of 32 sequences
+    "batch": {"smoke": 16, "cpu": 32, "gpu": 64},         # sequences per step
+    "lr": 2e-3,                                           # Adam (the paper: 2e-4 at batch 256 per GPU x 8 GPUs)
+    "warmup": 0.05,
+    "step_ablation": {"smoke": (2, 4), "cpu": (2, 4, 8, 12, 16), "gpu": (2, 4, 8, 12, 16)},
+    "supervised_epochs": {"smoke": 1, "cpu": 4, "gpu": 10},
+    # CPC on images: 64-px images (resized as in 04) cut into a 4 x 4 grid of 16-px patches, no overlap.
+    "image": {"size": 64, "patch": 16, "steps_ahead": 2, "negatives": {"smoke": 8, "cpu": 16, "gpu": 32},
+              "epochs": {"smoke": 1, "cpu": 3, "gpu": 15}, "train_images": {"smoke": 128, "cpu": None, "gpu": None},
+              "context": 256, "flip": 0.5, "lr": 2e-3, "weight_decay": 5e-4},
+}
+PROBE = {"linear_iterations": {"smoke": 10, "cpu": 100, "gpu": 100}, "knn_k": 200, "knn_temperature": 0.1,
+         "frames_per_sequence": {"smoke": 8, "cpu": 16, "gpu": 16}}   # steps of each sequence the phone probe sees
+PAPER = {   # van den Oord et al. (2018), LibriSpeech, linear classifiers on the 256-d context (Tables 1 and 2)
+    "table1": {"random init": {"phone": 27.6, "speaker": 1.87}, "MFCC features": {"phone": 39.7, "speaker": 17.6},
+               "CPC": {"phone": 64.6, "speaker": 97.4}, "supervised": {"phone": 74.6, "speaker": 98.5}},
+    "steps": {2: 28.5, 4: 57.6, 8: 63.6, 12: 64.6, 16: 63.8},
+    "negatives": {"mixed speaker": 64.6, "same speaker": 65.5, "mixed speaker, excluding current sequence": 57.3,
+                  "same speaker, excluding current sequence": 64.6, "current sequence only": 65.2},
+}
+
+
+# ----------------------------------------------------------------------------------------------- the sequence model
+class ChannelNorm(nn.Module):
+    """Normalise each step's channels on their own, ``[B, D, T] -> [B, D, T]`` (a LayerNorm over D per step).
+
+    Unlike batch norm or a norm over time, it mixes nothing across steps or sequences: z_t stays a function of
+    its own stretch of signal, so no statistic of the future reaches c_t."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+
+def _encoder(channels: int) -> nn.Sequential:
+    """Strided 1-D convolutions on the waveform ``[B, 1, T] -> [B, D, T / 80]``: strides 5, 4, 2, 2 (the paper:
+    strides 5, 4, 2, 2, 2 at 16 kHz, 160 samples = 10 ms; here 80 samples = 10 ms at 8 kHz).
+    Each padding keeps ``T / stride`` steps exactly."""
+    layers, previous = [], 1
+    for kernel, stride, padding in ((10, 5, 3), (8, 4, 2), (4, 2, 1), (4, 2, 1)):
+        layers += [nn.Conv1d(previous, channels, kernel, stride, padding), ChannelNorm(channels), nn.ReLU(inplace=True)]
+        previous = channels
+    layers += [nn.Conv1d(channels, channels, 1)]    # a last mixing layer without a ReLU: z may be negative
+    return nn.Sequential(*layers)
+
+
+HOP = 80   # waveform samples per encoder step (the product of the strides above)
+
+
+class CPCModel(nn.Module):
+    """CPC's three parts (van den Oord et al., 2018, Fig. 1):
+
+    * ``encoder`` g_enc: waveforms ``[B, 1, T]`` -> ``[B, D, T']``, T' = T / 80 (one z_t per 10 ms);
+    * ``autoregressor`` g_ar: ``nn.GRU(D, H, batch_first=True)``, ``[B, T', D]`` -> c ``[B, T', H]``;
+    * ``predictors``: W_1 .. W_K, each ``nn.Linear(H, D, bias=False)``: W_k c_t predicts z_{t+k}.
+
+    It has no ``forward``: the student's ``encode_and_context(model, waves)`` writes the path.
+    """
+
+    def __init__(self, channels: int, context: int, steps_ahead: int):
+        super().__init__()
+        self.encoder = _encoder(channels)
+        self.autoregressor = nn.GRU(channels, context, batch_first=True)
+        self.predictors = nn.ModuleList(nn.Linear(context, channels, bias=False) for _ in range(steps_ahead))
+        self.feature_dim = context
+
+    def forward(self, *_):
+        raise TypeError("CPCModel has no forward: call encode_and_context(model, waves) (exercise 1), "
+                        "which uses model.encoder and model.autoregressor.")
+
+
+def new_cpc(budget: Budget, seed: int, steps_ahead: int | None = None) -> CPCModel:
+    """A fresh model; the same ``seed`` gives the same encoder and GRU whatever ``steps_ahead`` is."""
+    torch.manual_seed(seed)
+    model = CPCModel(budget.pick(**RECIPE["channels"]), budget.pick(**RECIPE["context"]), 1)
+    torch.manual_seed(seed + 7919)
+    k = RECIPE["steps_ahead"] if steps_ahead is None else steps_ahead
+    model.predictors = nn.ModuleList(nn.Linear(model.feature_dim, model.encoder[-1].out_channels, bias=False)
+                                     for _ in range(k))
+    zero_predictors(model)
+    return model
+
+
+def zero_predictors(model: nn.Module) -> None:
+    """Start every W_k at 0: all scores equal, the loss exactly log N, and the gradient points at once towards the
+    positive. With PyTorch's default initialisation the random scores of untrained z and c drowned the signal and
+    the loss stayed at chance for hundreds of steps (measured while building this recipe)."""
+    with torch.no_grad():
+        for predictor in model.predictors:
+            predictor.weight.zero_()
+
+
+def speech_data(budget: Budget, seed: int = 0) -> SpeechDataset:
+    """The synthetic speech set sized by the preset (``RECIPE["speech"]``)."""
+    sizes = RECIPE["speech"]
+    return synthetic_speech(train=budget.pick(**sizes["train"]), test=budget.pick(**sizes["test"]),
+                            seconds=budget.pick(**sizes["seconds"]), seed=seed)
+
+
+class SequenceBatches:
+    """Shuffled batches ``(waves [B, T], speakers [B], phones [B, T'])`` of a sequence set, kept on ``device``.
+
+    Each waveform is scaled to unit RMS (the speakers' loudness differs; the content does not). Epoch ``e``'s
+    order depends only on ``(seed, e)``, so :func:`sslcourse.train.fit` can replay it on resume."""
+
+    def __init__(self, waves: torch.Tensor, speakers: torch.Tensor, phones: torch.Tensor, batch_size: int, device,
+                 *, seed: int = 0):
+        if waves.ndim != 2 or not waves.is_floating_point():
+            raise TypeError(f"SequenceBatches expects float waveforms [N, T], got {waves.dtype} {tuple(waves.shape)}.")
+        if not (len(waves) == len(speakers) == len(phones)):
+            raise ValueError(f"SequenceBatches: {len(waves)} waveforms, {len(speakers)} speakers, {len(phones)} phones.")
+        if batch_size > len(waves):
+            raise ValueError(f"SequenceBatches: batch_size {batch_size} is larger than the {len(waves)} sequences.")
+        self.device = torch.device(device)
+        self.waves = standardised(waves).to(self.device)
+        self.speakers, self.phones = speakers.to(self.device), phones.to(self.device)
+        self.batch_size, self.seed = batch_size, seed
+
+    def __len__(self) -> int:
+        return len(self.waves) // self.batch_size
+
+    def epoch(self, epoch: int):
+        order = torch.randperm(len(self.waves), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        for i in range(len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.device)
+            yield self.waves[index], self.speakers[index], self.phones[index]
+
+    def __iter__(self):
+        return self.epoch(0)
+
+
+def standardised(waves: torch.Tensor) -> torch.Tensor:
+    """Each waveform ``[N, T]`` divided by its root mean square."""
+    return waves / waves.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-8)
+
+
+def loader(data: SpeechDataset, budget: Budget, device, *, seed: int = 0) -> SequenceBatches:
+    return SequenceBatches(data.train_x, data.train_speaker, data.train_phone, budget.pick(**RECIPE["batch"]),
+                           device, seed=seed)
+
+
+def optimizer_and_schedule(model: nn.Module, epochs: int, steps_per_epoch: int, *, lr: float | None = None,
+                           weight_decay: float = 0.0):
+    """Adam; a short linear warm-up, then cosine to 0."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=RECIPE["lr"] if lr is None else lr, weight_decay=weight_decay)
+    total = epochs * steps_per_epoch
+    return optimizer, train.cosine_schedule(optimizer, total, warmup_steps=max(1, int(RECIPE["warmup"] * total)))
+
+
+# ------------------------------------------------------------------------------------------------------ the loss
+def _check(name: str, value, shape: tuple, exercise: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(shape):
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} must be {list(shape)}, got {got} ({exercise}).")
+    return value
+
+
+def predict_steps(z: torch.Tensor, c: torch.Tensor, predictors: nn.ModuleList, negatives: torch.Tensor, *,
+                  step_scores: Callable, info_nce: Callable) -> tuple[torch.Tensor, list[float]]:
+    """CPC's loss over every step k = 1..K (van den Oord et al., 2018, Eq. 4), the mean over k of InfoNCE.
+
+    z: ``[B, T', D]``; c: ``[B, T', H]``; negatives: ``[B, T', n]`` indices into ``z.flatten(0, 1)``, drawn for
+    each *target* position. For step k, the contexts c_t (t < T' - k) are scored against their target z_{t+k}
+    (column 0) and the negatives drawn for position t + k. Returns ``(loss, accuracies per k)``.
+    """
+    batch, steps, dim = z.shape
+    flat = z.reshape(batch * steps, dim)
+    losses, accuracies = [], []
+    for k, predictor in enumerate(predictors, start=1):
+        if k >= steps:
+            break
+        context = c[:, :steps - k].reshape(-1, c.shape[-1])                          # c_t: [M, H]
+        positive = z[:, k:].reshape(-1, 1, dim)                                       # z_{t+k}: [M, 1, D]
+        drawn = flat[negatives[:, k:].reshape(-1, negatives.shape[-1])]               # [M, n, D]
+        candidates = torch.cat([positive, drawn], dim=1).float()
+        with torch.autocast(z.device.type, enabled=False):   # the scores and the softmax over candidates in float32
+            scores = _check(f"step_scores(W_{k}, ...)", step_scores(predictor, context.float(), candidates),
+                            (len(context), candidates.shape[1]), "exercise 2")
+            loss, accuracy = info_nce(scores)
+        losses.append(_check("info_nce's loss", loss, (), "exercise 3"))
+        accuracies.append(float(accuracy))
+    if not losses:
+        raise ValueError(f"sequences of {steps} steps are too short to predict even 1 step ahead.")
+    return torch.stack(losses).mean(), accuracies
+
+
+def cpc_loss(model: CPCModel, waves: torch.Tensor, generator: torch.Generator, *, encode_and_context: Callable,
+             step_scores: Callable, info_nce: Callable, sample_negatives: Callable, negatives: int,
+             mode: str) -> tuple[torch.Tensor, list[float]]:
+    """The loss of one batch of waveforms ``[B, T]``: the student's four functions in CPC's order."""
+    z, c = encode_and_context(model, waves)
+    batch, steps = waves.shape[0], waves.shape[1] // HOP
+    _check("encode_and_context's z", z, (batch, steps, model.encoder[-1].out_channels), "exercise 1")
+    _check("encode_and_context's c", c, (batch, steps, model.feature_dim), "exercise 1")
+    drawn = _check("sample_negatives(...)", sample_negatives(batch, steps, negatives, mode, generator),
+                   (batch, steps, negatives), "exercise 4").to(z.device)
+    return predict_steps(z, c, model.predictors, drawn, step_scores=step_scores, info_nce=info_nce)
+
+
+def run(session, data: SpeechDataset, *, encode_and_context: Callable, step_scores: Callable, info_nce: Callable,
+        sample_negatives: Callable, steps_ahead: int | None = None, mode: str | None = None,
+        epochs: int | None = None, live_plot: bool = True, progress: bool = True, desc: str | None = None,
+        deadline_s: float | None = None) -> tuple[CPCModel, train.History]:
+    """Train CPC on ``data``'s training sequences; return ``(model, history)``.
+
+    ``steps_ahead`` (K, default ``RECIPE["steps_ahead"]``) and ``mode`` (one of :data:`NEGATIVE_MODES`) are what
+    the two ablations vary. Records per step ``"acc k=1"`` and ``"acc k=K"``, the prediction accuracies of the
+    nearest and the farthest step, and ``"acc"`` their mean over k.
+    """
+    budget, device = session.budget, session.device
+    k = RECIPE["steps_ahead"] if steps_ahead is None else steps_ahead
+    mode = RECIPE["negative_mode"] if mode is None else mode
+    if mode not in NEGATIVE_MODES:
+        raise ValueError(f"mode must be one of {list(NEGATIVE_MODES)}, got {mode!r}.")
+    model = new_cpc(budget, session.seed, k)
+    batches = loader(data, budget, device, seed=session.seed)
+    epochs = budget.pick(**RECIPE["epochs"]) if epochs is None else epochs
+    optimizer, scheduler = optimizer_and_schedule(model, epochs, len(batches))
+    generator = torch.Generator(device=device).manual_seed(session.seed + 3)
+    count = budget.pick(**RECIPE["negatives"])
+
+    def loss_fn(model, batch):
+        waves, _speakers, _phones = batch        # the labels are for the probes only
+        loss, accuracies = cpc_loss(model, waves, generator, encode_and_context=encode_and_context,
+                                    step_scores=step_scores, info_nce=info_nce, sample_negatives=sample_negatives,
+                                    negatives=count, mode=mode)
+        return loss, {"acc k=1": accuracies[0], f"acc k={len(accuracies)}": accuracies[-1],
+                      "acc": sum(accuracies) / len(accuracies)}
+
+    history = train.fit(model, loss_fn, batches, optimizer, epochs, device=device, scheduler=scheduler,
+                        amp=device.type == "cuda", channels_last=False, live_plot=live_plot, progress=progress,
+                        desc=desc or f"CPC, K={k}, {mode} negatives", deadline_s=deadline_s)
+    return model, history
+
+
+@torch.no_grad()
+def held_out_steps(model: CPCModel, data: SpeechDataset, device, budget: Budget, *, encode_and_context: Callable,
+                   step_scores: Callable, info_nce: Callable, sample_negatives: Callable,
+                   mode: str | None = None, sequences: int = 256) -> dict:
+    """The prediction accuracy and InfoNCE loss of every step k on held-out sequences, in eval mode:
+    ``{"accuracy": [per k], "loss": [per k], "candidates": N}`` (the first ``sequences`` test sequences,
+    in batches of the recipe's size, negatives drawn as in training)."""
+    model.to(device).eval()
+    count = budget.pick(**RECIPE["negatives"])
+    mode = RECIPE["negative_mode"] if mode is None else mode
+    generator = torch.Generator(device=device).manual_seed(0)
+    batch = budget.pick(**RECIPE["batch"])
+    waves = standardised(data.test_x[:sequences])
+    accuracies, losses = [], []
+    for start in range(0, len(waves) - batch + 1, batch):
+        chunk = waves[start:start + batch].to(device)
+        z, c = encode_and_context(model, chunk)
+        drawn = sample_negatives(len(chunk), z.shape[1], count, mode, generator).to(device)
+        flat = z.reshape(-1, z.shape[-1])
+        row_acc, row_loss = [], []
+        for k, predictor in enumerate(model.predictors, start=1):
+            if k >= z.shape[1]:
+                break
+            context = c[:, :-k].reshape(-1, c.shape[-1]).float()
+            candidates = torch.cat([z[:, k:].reshape(-1, 1, z.shape[-1]),
+                                    flat[drawn[:, k:].reshape(-1, count)]], dim=1).float()
+            loss, accuracy = info_nce(step_scores(predictor, context, candidates))
+            row_acc.append(float(accuracy))
+            row_loss.append(float(loss))
+        accuracies.append(row_acc)
+        losses.append(row_loss)
+    model.train()
+    mean = lambda rows: [sum(r[i] for r in rows) / len(rows) for i in range(len(rows[0]))]
+    return {"accuracy": mean(accuracies), "loss": mean(losses), "candidates": count + 1}
+
+
+# ------------------------------------------------------------------------------------------- baselines and probes
+class SupervisedSequenceModel(nn.Module):
+    """The same encoder and GRU, trained with the labels: a phone classifier on every c_t and a speaker classifier
+    on the mean of c over time (the paper's "supervised" rows, one network for both labels)."""
+
+    def __init__(self, channels: int, context: int, num_phones: int, num_speakers: int):
+        super().__init__()
+        self.encoder = _encoder(channels)
+        self.autoregressor = nn.GRU(channels, context, batch_first=True)
+        self.phone_head = nn.Linear(context, num_phones)
+        self.speaker_head = nn.Linear(context, num_speakers)
+        self.feature_dim = context
+
+
+def new_supervised(budget: Budget, seed: int, data: SpeechDataset) -> SupervisedSequenceModel:
+    torch.manual_seed(seed)
+    return SupervisedSequenceModel(budget.pick(**RECIPE["channels"]), budget.pick(**RECIPE["context"]),
+                                   data.num_phones, data.num_speakers)
+
+
+def _context(model: nn.Module, waves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference path (the solution of exercise 1), for the baselines the student does not write."""
+    z = model.encoder(waves.unsqueeze(1)).transpose(1, 2)
+    return z, model.autoregressor(z)[0]
+
+
+def run_supervised(session, data: SpeechDataset, *, epochs: int | None = None, live_plot: bool = True,
+                   progress: bool = True, deadline_s: float | None = None):
+    """Train :class:`SupervisedSequenceModel` on phones and speakers at once; return ``(model, history)``."""
+    budget, device = session.budget, session.device
+    model = new_supervised(budget, session.seed, data)
+    batches = loader(data, budget, device, seed=session.seed)
+    epochs = budget.pick(**RECIPE["supervised_epochs"]) if epochs is None else epochs
+    optimizer, scheduler = optimizer_and_schedule(model, epochs, len(batches))
+
+    def loss_fn(model, batch):
+        waves, speakers, phones = batch
+        _z, c = _context(model, waves)
+        with torch.autocast(c.device.type, enabled=False):
+            phone_logits = model.phone_head(c.float())
+            speaker_logits = model.speaker_head(c.float().mean(dim=1))
+            phone_loss = F.cross_entropy(phone_logits.flatten(0, 1), phones.flatten())
+            speaker_loss = F.cross_entropy(speaker_logits, speakers)
+        return phone_loss + speaker_loss, {
+            "phone acc": (phone_logits.argmax(-1) == phones).float().mean().detach(),
+            "speaker acc": (speaker_logits.argmax(-1) == speakers).float().mean().detach()}
+
+    history = train.fit(model, loss_fn, batches, optimizer, epochs, device=device, scheduler=scheduler,
+                        amp=device.type == "cuda", channels_last=False, live_plot=live_plot, progress=progress,
+                        desc="supervised (phones + speakers)",
+                        deadline_s=deadline_s)
+    return model, history
+
+
+@torch.no_grad()
+def frame_features(model: nn.Module, waves: torch.Tensor, device, *, which: str = "c",
+                   batch_size: int = 256) -> torch.Tensor:
+    """The frozen features of every step, ``[N, T', H]`` (``which="c"``, the context) or ``[N, T', D]`` (``"z"``),
+    in float32 on the CPU. ``model`` has ``encoder`` and ``autoregressor`` (CPC, supervised or untrained)."""
+    model.to(device).eval()
+    out = []
+    for start in range(0, len(waves), batch_size):
+        z, c = _context(model, standardised(waves[start:start + batch_size]).to(device))
+        out.append((c if which == "c" else z).float().cpu())
+    return torch.cat(out)
+
+
+def spectrogram_features(waves: torch.Tensor) -> torch.Tensor:
+    """The hand-crafted baseline: log-magnitude spectrogram frames ``[N, T', F]`` aligned with the steps."""
+    return log_spectrogram(standardised(waves), hop=HOP)
+
+
+def probe_sequences(train_f: torch.Tensor, test_f: torch.Tensor, data: SpeechDataset, budget: Budget) -> dict:
+    """Table 1's two linear probes on frozen step features ``[N, T', F]``: ``{"phone": %, "speaker": %}``.
+
+    *phone*: a linear classifier of the phone label of single steps (``PROBE["frames_per_sequence"]`` evenly
+    spaced steps of every sequence); *speaker*: of the speaker label from the mean of the features over time."""
+    iterations = budget.pick(**PROBE["linear_iterations"])
+    per = budget.pick(**PROBE["frames_per_sequence"])
+
+    def frames(features, phones):
+        steps = torch.linspace(0, features.shape[1] - 1, per).round().long()
+        return features[:, steps].flatten(0, 1), phones[:, steps].flatten()
+
+    train_x, train_y = frames(train_f, data.train_phone)
+    test_x, test_y = frames(test_f, data.test_phone)
+    phone = evaluate.linear_probe(train_x, train_y, test_x, test_y, iterations=iterations, num_classes=data.num_phones)
+    speaker = evaluate.linear_probe(train_f.mean(dim=1), data.train_speaker, test_f.mean(dim=1), data.test_speaker,
+                                    iterations=iterations, num_classes=data.num_speakers)
+    return {"phone": phone, "speaker": speaker}
+
+
+# ------------------------------------------------------------------------------------------------- CPC on images
+class ImageCPC(nn.Module):
+    """CPC on a grid of image patches (van den Oord et al., 2018, Sec. 3.2, Fig. 4), kept small:
+
+    * ``encoder``: the course backbone (``models.make_backbone``) on each 16-px patch -> ``[D]``;
+    * ``autoregressor``: ``nn.GRU(D, H, batch_first=True)`` down each column of the grid: the context of patch
+      (row i, column j) has read the patches of column j in rows 0..i (the paper uses a PixelCNN over the rows
+      above; a GRU per column is the same idea with less code);
+    * ``predictors``: W_1 .. W_K, ``nn.Linear(H, D, bias=False)``: the patch k rows below, same column.
+    """
+
+    def __init__(self, encoder: nn.Module, context: int, steps_ahead: int):
+        super().__init__()
+        self.encoder = encoder
+        self.autoregressor = nn.GRU(encoder.feature_dim, context, batch_first=True)
+        self.predictors = nn.ModuleList(nn.Linear(context, encoder.feature_dim, bias=False)
+                                        for _ in range(steps_ahead))
+        zero_predictors(self)
+
+
+def random_image_encoder(budget: Budget, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return models.make_backbone(budget)
+
+
+def upsampled(images: torch.Tensor) -> torch.Tensor:
+    size = RECIPE["image"]["size"]
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def patch_grid(images: torch.Tensor) -> torch.Tensor:
+    """``[B, C, S, S]`` -> the non-overlapping patches ``[B, R, R, C, p, p]`` (R = S / p rows and columns)."""
+    p = RECIPE["image"]["patch"]
+    b, ch, s, _ = images.shape
+    r = s // p
+    return images.reshape(b, ch, r, p, r, p).permute(0, 2, 4, 1, 3, 5)
+
+
+def image_cpc_loss(model: ImageCPC, images: torch.Tensor, generator: torch.Generator, *, step_scores: Callable,
+                   info_nce: Callable, sample_negatives: Callable, negatives: int) -> tuple[torch.Tensor, list[float]]:
+    """One batch of normalised images ``[B, 3, H, W]``: patches, their z, the GRU down each column, and the
+    student's scores, InfoNCE and negatives (mode "mixed": any other patch of the batch)."""
+    grid = patch_grid(upsampled(images))                                   # [B, R, R, C, p, p]
+    b, rows, cols = grid.shape[:3]
+    z = model.encoder(grid.flatten(0, 2).contiguous(memory_format=torch.channels_last))   # [B*R*R, D]
+    z = z.view(b, rows, cols, -1).transpose(1, 2).reshape(b * cols, rows, -1)            # a column = a sequence
+    c = model.autoregressor(z)[0]                                                          # [B*R, R, H]
+    drawn = _check("sample_negatives(...)", sample_negatives(b * cols, rows, negatives, "mixed", generator),
+                   (b * cols, rows, negatives), "exercise 4").to(z.device)
+    return predict_steps(z, c, model.predictors, drawn, step_scores=step_scores, info_nce=info_nce)
+
+
+def run_images(session, *, step_scores: Callable, info_nce: Callable, sample_negatives: Callable,
+               data: ImageDataset | None = None, epochs: int | None = None, live_plot: bool = True,
+               progress: bool = True, deadline_s: float | None = None) -> tuple[ImageCPC, train.History]:
+    """Train :class:`ImageCPC` on the course's images; return ``(model, history)``."""
+    data = data if data is not None else session.data
+    budget, device, cfg = session.budget, session.device, RECIPE["image"]
+    model = ImageCPC(random_image_encoder(budget, session.seed), cfg["context"], cfg["steps_ahead"])
+    limit = budget.pick(**cfg["train_images"])
+    n = len(data.train_x) if limit is None else min(limit, len(data.train_x))
+    # A step encodes 16 patches per image: a quarter of the batch keeps the step near the cost of 4 images' worth.
+    batches = DeviceBatches(data.train_x[:n], data.train_y[:n], max(budget.batch_size // 4, 8), device,
+                            augment=augment.RandomHorizontalFlip(cfg["flip"]), mean=data.mean, std=data.std,
+                            seed=session.seed)
+    epochs = budget.pick(**cfg["epochs"]) if epochs is None else epochs
+    optimizer, scheduler = optimizer_and_schedule(model, epochs, len(batches), lr=cfg["lr"],
+                                                  weight_decay=cfg["weight_decay"])
+    generator = torch.Generator(device=device).manual_seed(session.seed + 5)
+    count = budget.pick(**cfg["negatives"])
+
+    def loss_fn(model, batch):
+        images, _labels = batch
+        loss, accuracies = image_cpc_loss(model, images, generator, step_scores=step_scores, info_nce=info_nce,
+                                          sample_negatives=sample_negatives, negatives=count)
+        return loss, {"acc row+1": accuracies[0], "acc": sum(accuracies) / len(accuracies)}
+
+    history = train.fit(model, loss_fn, batches, optimizer, epochs, device=device, scheduler=scheduler,
+                        live_plot=live_plot, progress=progress, desc="CPC on image patches", deadline_s=deadline_s)
+    return model, history
+
+
+def probe_images(encoder: nn.Module, data: ImageDataset, device, budget: Budget) -> dict:
+    """``{"knn": %, "linear": %}`` of the pooled encoder on whole images resized to 64 px, as in 04."""
+    return evaluate.evaluate_encoder(encoder, data, device, features=lambda enc, x: enc(upsampled(x)),
+                                     k=PROBE["knn_k"], temperature=PROBE["knn_temperature"],
+                                     linear_iterations=budget.pick(**PROBE["linear_iterations"]))
+
+
+EXPECTED: dict = {}   # filled from bench/bench_cpc.py (bench/RESULTS.md) once measured
+
+
+def expected(budget: Budget | str, dataset: str) -> dict | None:
+    """Our measured numbers for this preset and dataset (see :data:`EXPECTED`), or ``None``."""
+    return lookup_expected(EXPECTED, budget, dataset)
