@@ -76,8 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     session = Session(budget=budget, device=device, seed=args.seed, data=images)
 
     def probe(model):
-        return cpc.probe_sequences(cpc.frame_features(model, speech.train_x, device),
-                                   cpc.frame_features(model, speech.test_x, device), speech, budget)
+        features = {split: cpc.frame_features(model, getattr(speech, f"{split}_x"), device,
+                                              encode_and_context=fns["encode_and_context"]) for split in ("train", "test")}
+        return cpc.probe_sequences(features["train"], features["test"], speech, budget)
 
     def train(**kwargs):
         model, history = cpc.run(session, speech, **fns, epochs=args.epochs, **quiet, **kwargs)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
 
     main_model, main_history = train()
     per_step = cpc.held_out_steps(main_model, speech, device, budget, **fns)
-    supervised, supervised_history = cpc.run_supervised(session, speech, **quiet)
+    supervised, supervised_history = cpc.run_supervised(session, speech, encode_and_context=fns["encode_and_context"], **quiet)
     print(f"  supervised: {supervised_history.training_seconds:.0f} s, last epoch phone acc "
           f"{supervised_history.epochs[-1]['phone acc']:.3f}, speaker acc {supervised_history.epochs[-1]['speaker acc']:.3f}")
     table1 = {"random init": probe(cpc.new_cpc(budget, args.seed)),

@@ -23,8 +23,6 @@ autocast.
 """
 from __future__ import annotations
 
-import math
-import time
 from typing import Callable
 
 import torch
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lookup_expected
+from .patch_position import upsampled   # whole images and patch grids at 64 px, as 04 trains and probes them
 from .. import augment, evaluate, models, train
 from ..budget import Budget
 from ..data import DeviceBatches, ImageDataset, normalize, to_float
@@ -64,7 +63,7 @@ RECIPE = {   # every constant of the training recipe, one value per budget prese
     "step_ablation": {"smoke": (2, 4), "cpu": (2, 4, 8, 12, 16), "gpu": (2, 4, 8, 12, 16)},
     "supervised_epochs": {"smoke": 1, "cpu": 4, "gpu": 10},
     # CPC on images: 64-px images (resized as in 04) cut into a 4 x 4 grid of 16-px patches, no overlap.
-    "image": {"size": 64, "patch": 16, "steps_ahead": 2, "negatives": {"smoke": 8, "cpu": 16, "gpu": 32},
+    "image": {"patch": 16, "steps_ahead": 2, "negatives": {"smoke": 8, "cpu": 16, "gpu": 32},
               "epochs": {"smoke": 1, "cpu": 3, "gpu": 15}, "train_images": {"smoke": 128, "cpu": None, "gpu": None},
               "context": 256, "flip": 0.5, "lr": 2e-3, "weight_decay": 5e-4},
 }
@@ -223,7 +222,8 @@ def predict_steps(z: torch.Tensor, c: torch.Tensor, predictors: nn.ModuleList, n
 
     z: ``[B, T', D]``; c: ``[B, T', H]``; negatives: ``[B, T', n]`` indices into ``z.flatten(0, 1)``, drawn for
     each *target* position. For step k, the contexts c_t (t < T' - k) are scored against their target z_{t+k}
-    (column 0) and the negatives drawn for position t + k. Returns ``(loss, accuracies per k)``.
+    (column 0) and the negatives drawn for position t + k. Returns ``(losses [K'], accuracies per k)``, one loss per
+    step k that fits in the sequence (K' = min(K, T' - 1)); the training loss is their mean.
     """
     batch, steps, dim = z.shape
     flat = z.reshape(batch * steps, dim)
@@ -243,7 +243,7 @@ def predict_steps(z: torch.Tensor, c: torch.Tensor, predictors: nn.ModuleList, n
         accuracies.append(float(accuracy))
     if not losses:
         raise ValueError(f"sequences of {steps} steps are too short to predict even 1 step ahead.")
-    return torch.stack(losses).mean(), accuracies
+    return torch.stack(losses), accuracies
 
 
 def cpc_loss(model: CPCModel, waves: torch.Tensor, generator: torch.Generator, *, encode_and_context: Callable,
@@ -256,7 +256,8 @@ def cpc_loss(model: CPCModel, waves: torch.Tensor, generator: torch.Generator, *
     _check("encode_and_context's c", c, (batch, steps, model.feature_dim), "exercise 1")
     drawn = _check("sample_negatives(...)", sample_negatives(batch, steps, negatives, mode, generator),
                    (batch, steps, negatives), "exercise 4").to(z.device)
-    return predict_steps(z, c, model.predictors, drawn, step_scores=step_scores, info_nce=info_nce)
+    losses, accuracies = predict_steps(z, c, model.predictors, drawn, step_scores=step_scores, info_nce=info_nce)
+    return losses.mean(), accuracies
 
 
 def run(session, data: SpeechDataset, *, encode_and_context: Callable, step_scores: Callable, info_nce: Callable,
@@ -313,19 +314,10 @@ def held_out_steps(model: CPCModel, data: SpeechDataset, device, budget: Budget,
         chunk = waves[start:start + batch].to(device)
         z, c = encode_and_context(model, chunk)
         drawn = sample_negatives(len(chunk), z.shape[1], count, mode, generator).to(device)
-        flat = z.reshape(-1, z.shape[-1])
-        row_acc, row_loss = [], []
-        for k, predictor in enumerate(model.predictors, start=1):
-            if k >= z.shape[1]:
-                break
-            context = c[:, :-k].reshape(-1, c.shape[-1]).float()
-            candidates = torch.cat([z[:, k:].reshape(-1, 1, z.shape[-1]),
-                                    flat[drawn[:, k:].reshape(-1, count)]], dim=1).float()
-            loss, accuracy = info_nce(step_scores(predictor, context, candidates))
-            row_acc.append(float(accuracy))
-            row_loss.append(float(loss))
-        accuracies.append(row_acc)
-        losses.append(row_loss)
+        step_losses, step_accuracies = predict_steps(z, c, model.predictors, drawn, step_scores=step_scores,
+                                                     info_nce=info_nce)
+        accuracies.append(step_accuracies)
+        losses.append(step_losses.tolist())
     model.train()
     mean = lambda rows: [sum(r[i] for r in rows) / len(rows) for i in range(len(rows[0]))]
     return {"accuracy": mean(accuracies), "loss": mean(losses), "candidates": count + 1}
@@ -351,15 +343,11 @@ def new_supervised(budget: Budget, seed: int, data: SpeechDataset) -> Supervised
                                    data.num_phones, data.num_speakers)
 
 
-def _context(model: nn.Module, waves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference path (the solution of exercise 1), for the baselines the student does not write."""
-    z = model.encoder(waves.unsqueeze(1)).transpose(1, 2)
-    return z, model.autoregressor(z)[0]
+def run_supervised(session, data: SpeechDataset, *, encode_and_context: Callable, epochs: int | None = None,
+                   live_plot: bool = True, progress: bool = True, deadline_s: float | None = None):
+    """Train :class:`SupervisedSequenceModel` on phones and speakers at once; return ``(model, history)``.
 
-
-def run_supervised(session, data: SpeechDataset, *, epochs: int | None = None, live_plot: bool = True,
-                   progress: bool = True, deadline_s: float | None = None):
-    """Train :class:`SupervisedSequenceModel` on phones and speakers at once; return ``(model, history)``."""
+    It has CPC's ``encoder`` and ``autoregressor``, so the student's ``encode_and_context`` (exercise 1) runs it."""
     budget, device = session.budget, session.device
     model = new_supervised(budget, session.seed, data)
     batches = loader(data, budget, device, seed=session.seed)
@@ -368,7 +356,7 @@ def run_supervised(session, data: SpeechDataset, *, epochs: int | None = None, l
 
     def loss_fn(model, batch):
         waves, speakers, phones = batch
-        _z, c = _context(model, waves)
+        _z, c = encode_and_context(model, waves)
         with torch.autocast(c.device.type, enabled=False):
             phone_logits = model.phone_head(c.float())
             speaker_logits = model.speaker_head(c.float().mean(dim=1))
@@ -386,14 +374,15 @@ def run_supervised(session, data: SpeechDataset, *, epochs: int | None = None, l
 
 
 @torch.no_grad()
-def frame_features(model: nn.Module, waves: torch.Tensor, device, *, which: str = "c",
+def frame_features(model: nn.Module, waves: torch.Tensor, device, *, encode_and_context: Callable, which: str = "c",
                    batch_size: int = 256) -> torch.Tensor:
     """The frozen features of every step, ``[N, T', H]`` (``which="c"``, the context) or ``[N, T', D]`` (``"z"``),
-    in float32 on the CPU. ``model`` has ``encoder`` and ``autoregressor`` (CPC, supervised or untrained)."""
+    in float32 on the CPU, through the student's ``encode_and_context`` (exercise 1). ``model`` has ``encoder``
+    and ``autoregressor`` (CPC, supervised or untrained)."""
     model.to(device).eval()
     out = []
     for start in range(0, len(waves), batch_size):
-        z, c = _context(model, standardised(waves[start:start + batch_size]).to(device))
+        z, c = encode_and_context(model, standardised(waves[start:start + batch_size]).to(device))
         out.append((c if which == "c" else z).float().cpu())
     return torch.cat(out)
 
@@ -448,13 +437,6 @@ def random_image_encoder(budget: Budget, seed: int) -> nn.Module:
     return models.make_backbone(budget)
 
 
-def upsampled(images: torch.Tensor) -> torch.Tensor:
-    size = RECIPE["image"]["size"]
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-
-
 def patch_grid(images: torch.Tensor) -> torch.Tensor:
     """``[B, C, S, S]`` -> the non-overlapping patches ``[B, R, R, C, p, p]`` (R = S / p rows and columns)."""
     p = RECIPE["image"]["patch"]
@@ -474,7 +456,8 @@ def image_cpc_loss(model: ImageCPC, images: torch.Tensor, generator: torch.Gener
     c = model.autoregressor(z)[0]                                                          # [B*R, R, H]
     drawn = _check("sample_negatives(...)", sample_negatives(b * cols, rows, negatives, "mixed", generator),
                    (b * cols, rows, negatives), "exercise 4").to(z.device)
-    return predict_steps(z, c, model.predictors, drawn, step_scores=step_scores, info_nce=info_nce)
+    losses, accuracies = predict_steps(z, c, model.predictors, drawn, step_scores=step_scores, info_nce=info_nce)
+    return losses.mean(), accuracies
 
 
 def run_images(session, *, step_scores: Callable, info_nce: Callable, sample_negatives: Callable,
