@@ -3,7 +3,7 @@
 A run is two files under ``results_dir()/<preset>/``:
 
 * ``<name>.json``: the metrics (any JSON-able dict: numbers, strings, lists, nested dicts)
-  plus what produced them (preset, time, versions);
+  plus what produced them (preset, time, versions, the device);
 * ``<name>.pt``: the encoder's ``state_dict`` (optional), read back with
   ``torch.load(..., weights_only=True)``, which cannot run code hidden in a file.
 
@@ -31,7 +31,7 @@ from .budget import Budget, choose_budget
 from .environment import results_dir
 from .files import atomic_write, to_plain, torch_save_atomic
 
-__all__ = ["Run", "save_run", "load_run", "list_runs", "RunNotFoundError", "CorruptedRunError"]
+__all__ = ["Run", "save_run", "load_run", "list_runs", "device_description", "RunNotFoundError", "CorruptedRunError"]
 
 NOTEBOOKS = ("00_foundations", "01_denoising_autoencoders", "02_context_encoders", "03_view_prediction",
              "04_patch_position", "05_rotation", "06_cpc", "07_moco", "08_summary")
@@ -118,6 +118,27 @@ def _numeric_keys(value: Any) -> Any:
     return out
 
 
+def device_description() -> str:
+    """The device the notebook trains on, in words (08_summary's table shows it): ``"cuda: NVIDIA H100"``,
+    ``"cpu: AMD EPYC 7B13, 2 cores"``."""
+    import os
+    import platform
+
+    from .session import choose_device
+    device = choose_device()
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    if device.type != "cpu":
+        return device.type
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"cpu: {model}, {os.cpu_count()} cores"
+
+
 def save_run(name: str, metrics: Mapping[str, Any], encoder: nn.Module | None = None,
              budget: Budget | str | None = None) -> Path:
     """Save ``metrics`` (and the ``encoder``'s weights) as run ``name`` of the active preset.
@@ -134,6 +155,7 @@ def save_run(name: str, metrics: Mapping[str, Any], encoder: nn.Module | None = 
         "preset": preset,
         "saved_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__,
+        "device": device_description(),
         "encoder": type(encoder).__name__ if encoder is not None else None,
         "metrics": _jsonable(dict(metrics), ""),
     }
