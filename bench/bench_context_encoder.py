@@ -39,7 +39,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.benchutil import DEFAULT_DATA, load_data  # noqa: E402
+from bench.benchutil import DEFAULT_DATA, add_record_flag, load_data, record_reference_row  # noqa: E402
 from bench.solutions import solution_functions  # noqa: E402
 from sslcourse.budget import make_budget  # noqa: E402
 from sslcourse.recipes import context_encoder  # noqa: E402
@@ -62,6 +62,7 @@ def main() -> None:
                         help="λ_adv of each run (default: 0 and RECIPE['lambda_adv'])")
     parser.add_argument("--masks", action="store_true", help="also the three holes, RECIPE['sweep_epochs'] each")
     parser.add_argument("--dae-json", default=None, help="01's saved run (results/<preset>/01_denoising_autoencoders.json)")
+    add_record_flag(parser)
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -98,7 +99,7 @@ def main() -> None:
     sample = torch.randperm(len(data.test_x), generator=torch.Generator().manual_seed(args.seed))[:1000]
     size = data.test_x.shape[-1]
 
-    def train_and_measure(name, mask_type, lambda_adv, run_epochs):
+    def train_and_measure(name, mask_type, lambda_adv, run_epochs, record=False):
         make_mask = solutions[MASKS[mask_type]]
         t = time.perf_counter()
         model, history = context_encoder.run(session, make_mask, **losses, lambda_adv=lambda_adv, epochs=run_epochs,
@@ -118,11 +119,16 @@ def main() -> None:
               f"probes); per epoch hole mse / D loss / G loss: {per_epoch}")
         print(f"{name}: kNN {result['knn']:.1f}%, linear {result['linear']:.1f}%, test hole mse {error:.4f}, "
               f"its discriminator right {spotted:.1f}%")
+        if record:
+            record_reference_row(args.record_reference, "context_encoder", budget=budget, data=data, device=device,
+                                 seed=args.seed, knn=result["knn"], linear=result["linear"], train_seconds=train_seconds,
+                                 history=history, encoder=model.encoder, random_init=random_probe,
+                                 script="bench/bench_context_encoder.py")
         return result
 
     for lambda_adv in lambdas:
         name = "L2 only (λ_adv 0)" if lambda_adv == 0 else f"joint (λ_adv {lambda_adv:g})"
-        rows[name] = train_and_measure(name, R["mask"], lambda_adv, epochs)
+        rows[name] = train_and_measure(name, R["mask"], lambda_adv, epochs, record=lambda_adv == R["lambda_adv"])
     if args.masks:
         for mask_type in MASKS:
             rows[f"masks: {mask_type}, {pick(**R['sweep_epochs'])} epochs"] = train_and_measure(

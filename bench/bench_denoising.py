@@ -42,7 +42,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.benchutil import DEFAULT_DATA, load_data  # noqa: E402
+from bench.benchutil import DEFAULT_DATA, add_record_flag, load_data, record_reference_row  # noqa: E402
 from bench.solutions import solution_functions  # noqa: E402
 from sslcourse.budget import make_budget  # noqa: E402
 from sslcourse.recipes import denoising  # noqa: E402
@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=2, help="main runs with seeds seed, seed+1, ...")
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's RECIPE['epochs']")
+    add_record_flag(parser)
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -126,6 +127,9 @@ def main() -> None:
         runs.append({"random": random_probe, "dae": {"knn": final["knn"], "linear": final["linear"]},
                      "best_linear": max(e["linear"] for e in history.epochs), "layout": layout,
                      "random_layout": random_layout, "errors": errors, "train_seconds": train_seconds})
+        record_reference_row(args.record_reference, "denoising", budget=budget, data=data, device=device, seed=seed,
+                             knn=final["knn"], linear=final["linear"], train_seconds=train_seconds, history=history,
+                             encoder=model.encoder, random_init=random_probe, script="bench/bench_denoising.py")
 
     print()
     for metric in ("knn", "linear"):

@@ -36,6 +36,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.benchutil import add_record_flag, record_reference_row  # noqa: E402
 from bench.solutions import solution_functions  # noqa: E402
 from sslcourse.budget import make_budget  # noqa: E402
 from sslcourse.data import embedded_digits, load_cifar10_npz  # noqa: E402
@@ -100,6 +101,7 @@ def main(argv=None) -> None:
     for name in OVERRIDABLE:
         kind = float if name in ("lr", "momentum", "temperature", "weight_decay") else int
         parser.add_argument("--" + name.replace("_", "-"), type=kind)
+    add_record_flag(parser)
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -150,6 +152,13 @@ def main(argv=None) -> None:
           f"wall {time.perf_counter() - started:.0f}s")
     print(f"| {args.preset} | {device.type} | {data.name} {len(data.train_x):,} / {len(data.test_x):,} | "
           f"{steps / steps_per_epoch:.1f} | {seconds:.0f} s | {random_init:.1f}% | {final:.1f}% | {final - random_init:+.1f} |")
+    if args.record_reference:   # the linear probe and label efficiency, as the notebook measures them
+        linear, curve = recipe_module.probe(moco.backbone, data, device, budget)
+        random_linear, _ = recipe_module.probe(recipe_module.new_moco(budget, recipe, seed=args.seed).backbone, data,
+                                               device, budget)
+        record_reference_row(args.record_reference, "moco", budget=budget, data=data, device=device, seed=args.seed,
+                             knn=final, linear=linear, train_seconds=seconds, history=history, label_efficiency=curve,
+                             random_init={"knn": random_init, "linear": random_linear}, script="bench/bench_moco.py")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.benchutil import add_record_flag, record_reference_row  # noqa: E402
 from bench.solutions import solution_functions  # noqa: E402
 from sslcourse.budget import make_budget  # noqa: E402
 from sslcourse.data import embedded_digits, load_cifar10_npz  # noqa: E402
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None, help="cap on the training time")
     parser.add_argument("--device", default=None, help="default: cpu for --preset cpu, cuda for --preset gpu")
     parser.add_argument("--seed", type=int, default=0)
+    add_record_flag(parser)
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -159,6 +161,10 @@ def main() -> None:
     last = max(rotnet_probe)
     gain = rotnet_probe[last]["knn"] - random_probe[last]["knn"]
     best = max(rotnet_probe, key=lambda b: rotnet_probe[b]["linear"])
+    record_reference_row(args.record_reference, "rotation", budget=budget, data=data, device=device, seed=args.seed,
+                         knn=rotnet_probe[last]["knn"], linear=rotnet_probe[last]["linear"], train_seconds=train_seconds,
+                         history=history, encoder=model.encoder, random_init=random_probe[last],
+                         script="bench/bench_rotation.py")
     print()
     print(f"RESULT preset={budget.name} kNN(k=200,T=0.1) random init {random_probe[last]['knn']:.1f}% -> "
           f"RotNet {rotnet_probe[last]['knn']:.1f}% ({gain:+.1f} points, pooled block {last}); "

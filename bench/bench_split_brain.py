@@ -34,7 +34,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.benchutil import DEFAULT_DATA, load_data, machine_name  # noqa: E402
+from bench.benchutil import DEFAULT_DATA, add_record_flag, load_data, machine_name, record_reference_row  # noqa: E402
 from bench.solutions import solution_functions  # noqa: E402
 from sslcourse import cpu_bf16  # noqa: E402
 from sslcourse.budget import make_budget  # noqa: E402
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's RECIPE['epochs']")
     parser.add_argument("--earlier", default=None, help="a results folder with the saved runs of 01, 02, 05, 07")
+    add_record_flag(parser)
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -115,6 +116,10 @@ def main() -> None:
         print(f"{name:<40} {row['knn']:5.1f}% {row['linear']:6.1f}%")
     print(f"mean chroma of 1,000 test images: truth {truth:.1f}, colorized {colorized:.1f} ({colorized / truth:.0%})")
     both = rows["split-brain, concatenation"]
+    record_reference_row(args.record_reference, "split_brain", budget=budget, data=data, device=device, seed=args.seed,
+                         knn=both["knn"], linear=both["linear"], train_seconds=history.training_seconds, history=history,
+                         encoder=split_brain.ViewFeatures(model, "concatenation", mean=data.mean, std=data.std, **features),
+                         random_init=rows["random init, concatenation"], script="bench/bench_split_brain.py")
     print(f"\nRESULT preset={budget.name} seed={args.seed}: kNN(k=200,T=0.1) / linear: "
           + "; ".join(f"{name} {row['knn']:.1f}% / {row['linear']:.1f}%" for name, row in rows.items()
                       if not name.endswith("(saved)"))

@@ -83,6 +83,9 @@ bench_opts() {  # bench_opts SCRIPT -> fills OPTS
   OPTS=()
   grep -q -- '"--data"' "$1" && [ ${#DATA[@]} -gt 0 ] && OPTS+=("${DATA[@]}")
   grep -q -- '"--minutes"' "$1" && OPTS+=(--minutes "${BENCH_MINUTES:-7}")
+  # RECORD_REFERENCE=PATH (e.g. "$OUT/reference_runs.json"): also write the run's reference row for 08_summary
+  # there; merge it afterwards with `python -m sslcourse.reference merge PATH`
+  [ -n "${RECORD_REFERENCE:-}" ] && grep -q 'add_record_flag(parser)' "$1" && OPTS+=(--record-reference "$RECORD_REFERENCE")
   return 0
 }
 

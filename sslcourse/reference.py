@@ -362,3 +362,33 @@ def record_reference(row: Mapping[str, Any], path: Path | str | None = None) -> 
     text = json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python -m sslcourse.reference [check [PATH] | merge PATH]``: validate and list a reference file, or
+    merge the rows of another one (e.g. gathered on a lent GPU machine) into the package's."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sslcourse.reference", description=_main.__doc__)
+    sub = parser.add_subparsers(dest="command")
+    check = sub.add_parser("check", help="validate a reference file and list its rows")
+    check.add_argument("path", nargs="?", default=str(REFERENCE_FILE))
+    merge = sub.add_parser("merge", help="record every row of PATH into the package's file")
+    merge.add_argument("path")
+    args = parser.parse_args(argv)
+    if args.command == "merge":
+        rows = load_reference(args.path)
+        for row in json.loads(Path(args.path).read_text(encoding="utf-8"))["rows"]:
+            record_reference(row)
+        print(f"merged {len(rows)} rows from {args.path} into {REFERENCE_FILE}")
+        return 0
+    path = getattr(args, "path", None) or str(REFERENCE_FILE)
+    for row in load_reference(path):
+        numbers = (f"kNN {row.knn}, linear {row.linear}, minutes {row.minutes}" if row.measured
+                   else f"not measured ({row.note})")
+        print(f"{row.method:<18} {row.preset:<4} {row.dataset:<8} seed {row.seed}: {numbers}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -200,3 +200,29 @@ def test_bench_moco_records_its_row_on_a_tiny_cifar_subset(tmp_path, capsys):
     assert row.measured and row.dataset == "cifar10" and row.script == "bench/bench_moco.py"
     assert set(row.label_efficiency) == set(FRACTIONS) and row.random_init is not None
     assert "--record-reference" in row.source and row.curve is not None
+
+
+def test_rows_from_saved_notebook_runs_and_a_merge(tmp_path, monkeypatch, capsys):
+    """00 has no bench script: bench/record_reference.py records its rows from the run the notebook saved."""
+    import importlib.util
+    from fake_runs import save_fake_runs
+    from sslcourse.budget import make_budget
+
+    monkeypatch.setenv("SSLCOURSE_RESULTS", str(tmp_path / "results"))
+    save_fake_runs(make_budget("cpu"), "cifar10", skip=("07_moco",))
+    spec = importlib.util.spec_from_file_location("record_reference", REPO / "bench" / "record_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows_path = tmp_path / "rows.json"
+    module.main(["00_foundations", "07_moco", "--preset", "cpu", "--to", str(rows_path)])
+    assert "MoCo: not recorded (no saved run '07_moco'" in capsys.readouterr().out
+    rows = {r.method: r for r in load_reference(rows_path)}
+    assert set(rows) == {"random_init", "supervised"}
+    assert rows["supervised"].label_efficiency == {0.01: 15.0, 0.1: 30.0, 1.0: 45.0}
+    assert rows["random_init"].minutes == 0.0 and rows["supervised"].device.startswith("cpu")
+    package = tmp_path / "package.json"
+    package.write_text(REFERENCE_FILE.read_text())
+    monkeypatch.setattr(reference, "REFERENCE_FILE", package)
+    reference._main(["merge", str(rows_path)])
+    merged = load_reference(package)
+    assert primary(merged, "supervised", "cpu", "cifar10").knn == 40.0 and len(merged) == len(load_reference())
