@@ -158,7 +158,8 @@ def main(argv=None) -> None:
                                                device, budget)
         record_reference_row(args.record_reference, "moco", budget=budget, data=data, device=device, seed=args.seed,
                              knn=final, linear=linear, train_seconds=seconds, history=history, label_efficiency=curve,
-                             random_init={"knn": random_init, "linear": random_linear}, script="bench/bench_moco.py")
+                             random_init={"knn": random_init, "linear": random_linear}, script="bench/bench_moco.py",
+                             argv=argv)
 
 
 if __name__ == "__main__":

@@ -52,12 +52,14 @@ def add_record_flag(parser) -> None:
 
 def record_reference_row(path: str | None, method: str, *, budget, data, device, seed: int, knn: float,
                          linear: float, train_seconds: float | None, script: str, history=None, encoder=None,
-                         features=None, label_efficiency=None, random_init=None, note: str | None = None) -> None:
+                         features=None, label_efficiency=None, random_init=None, note: str | None = None,
+                         argv: list[str] | None = None) -> None:
     """Record one reference row when ``path`` (the ``--record-reference`` value) is set; do nothing otherwise.
 
     The label-efficiency curve is measured here from ``encoder`` (fed through ``features(encoder, x)`` when
     given, as its notebook probes it) unless ``label_efficiency`` is passed. ``history`` gives the per-epoch
-    curve. The row's source is this script's command line; its device is :func:`machine_name`.
+    curve. The row's source is this script's command line (``argv``, default ``sys.argv[1:]``); its device is
+    :func:`machine_name`.
     """
     if not path:
         return
@@ -75,7 +77,7 @@ def record_reference_row(path: str | None, method: str, *, budget, data, device,
                                            features=features)
         label_efficiency = evaluate.label_efficiency(train_f, data.train_y, test_f, data.test_y,
                                                      iterations=budget.pick(smoke=10, cpu=100, gpu=100))
-    command = "python " + " ".join(shlex.quote(a) for a in [script, *sys.argv[1:]])
+    command = "python " + " ".join(shlex.quote(a) for a in [script, *(sys.argv[1:] if argv is None else argv)])
     row = make_row(method, preset=budget.name, dataset=data.name, device=machine_name(device), seed=seed,
                    source=command, script=script, minutes=None if train_seconds is None else train_seconds / 60,
                    knn=knn, linear=linear, label_efficiency=label_efficiency, random_init=random_init,
