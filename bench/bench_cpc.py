@@ -33,7 +33,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.benchutil import DEFAULT_DATA, load_data, machine_name  # noqa: E402
+from bench.benchutil import DEFAULT_DATA, add_record_flag, load_data, machine_name, record_reference_row  # noqa: E402
 from bench.solutions import solution_functions  # noqa: E402
 from sslcourse import cpu_bf16  # noqa: E402
 from sslcourse.budget import make_budget  # noqa: E402
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's RECIPE['epochs']")
     parser.add_argument("--no-ablations", action="store_true", help="only the main run and Table 1")
     parser.add_argument("--no-images", action="store_true")
+    add_record_flag(parser)
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -111,6 +112,11 @@ def main(argv: list[str] | None = None) -> None:
         image_rows["CPC on 4x4 patches"] = {**cpc.probe_images(image_model.encoder, images, device, budget),
                                             "seconds": image_history.training_seconds,
                                             "row+1 acc": image_history.epochs[-1]["acc row+1"]}
+        record_reference_row(args.record_reference, "cpc", budget=budget, data=images, device=device, seed=args.seed,
+                             knn=image_rows["CPC on 4x4 patches"]["knn"], linear=image_rows["CPC on 4x4 patches"]["linear"],
+                             train_seconds=image_history.training_seconds, history=image_history,
+                             encoder=image_model.encoder, features=lambda enc, x: enc(cpc.upsampled(x)),
+                             random_init=image_rows["random init (64-px probe)"], script="bench/bench_cpc.py", argv=argv)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     else:

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.benchutil import DEFAULT_DATA, load_data, machine_name  # noqa: E402
+from bench.benchutil import DEFAULT_DATA, add_record_flag, load_data, machine_name, record_reference_row  # noqa: E402
 from bench.solutions import solution_functions  # noqa: E402
 from sslcourse import cpu_bf16  # noqa: E402
 from sslcourse.budget import make_budget  # noqa: E402
@@ -44,6 +44,14 @@ from sslcourse.session import Session, seed_everything  # noqa: E402
 EXERCISES = ("grid_patches", "sample_pairs", "pair_logits", "hamming_permutations", "shuffle_tiles")
 EARLIER = {"01_denoising_autoencoders": "01: denoising autoencoder", "02_context_encoders": "02: context encoder",
            "03_view_prediction": "03: split-brain", "05_rotation": "05: rotation", "07_moco": "07: MoCo"}
+
+
+def record(args, method, row, history, model, rows, budget, data, device, argv) -> None:
+    """``--record-reference``: the run's row for 08_summary's reference file, probed at 64 px as the notebook does."""
+    record_reference_row(args.record_reference, method, budget=budget, data=data, device=device, seed=args.seed,
+                         knn=row["knn"], linear=row["linear"], train_seconds=history.training_seconds, history=history,
+                         encoder=model.encoder, features=lambda enc, x: enc(patch_position.upsampled(x)),
+                         random_init=rows["random init"], script="bench/bench_patch_position.py", argv=argv)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings", default="all", help="'all', or comma-separated SETTINGS numbers (0, 1, 2)")
     parser.add_argument("--no-jigsaw", action="store_true")
     parser.add_argument("--earlier", default=None, help="a results folder with the saved runs of 01, 02, 03, 05, 07")
+    add_record_flag(parser)
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -101,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
                                               "pretext": pretext, "seconds": history.training_seconds}
         print(f"{name}: {len(history.losses)} steps in {history.training_seconds:.0f} s; per-epoch position acc "
               + ", ".join(f"{e['position acc']:.3f}" for e in history.epochs), flush=True)
+        if name == "gap + jitter, full colour":   # the notebook's headline run, the one it saves for 08
+            record(args, "relative_position", rows[f"relative position: {name}"], history, model, rows, budget, data,
+                   device, argv)
     if not args.no_jigsaw:
         candidates = patch_position.candidate_permutations(R["candidates"], seed=args.seed)
         permutations = solutions["hamming_permutations"](candidates, budget.pick(**R["permutations"]))
@@ -115,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": history.training_seconds}
         print(f"jigsaw: {len(history.losses)} steps in {history.training_seconds:.0f} s; per-epoch jigsaw acc "
               + ", ".join(f"{e['jigsaw acc']:.3f}" for e in history.epochs), flush=True)
+        record(args, "jigsaw", list(rows.values())[-1], history, model, rows, budget, data, device, argv)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     else:

@@ -175,9 +175,9 @@ def test_make_row_takes_numeric_or_string_fractions_and_partial_curves():
 
 
 def test_every_method_benchmark_can_record_its_row():
-    """The flag is on the benchmarks of this notebook's owners; 04 and 06 get it from their engineer."""
-    for script in ("bench_denoising.py", "bench_context_encoder.py", "bench_split_brain.py", "bench_rotation.py",
-                   "bench_moco.py"):
+    """Every method notebook's benchmark can write its reference row (--record-reference)."""
+    for script in ("bench_denoising.py", "bench_context_encoder.py", "bench_split_brain.py", "bench_patch_position.py",
+                   "bench_rotation.py", "bench_cpc.py", "bench_moco.py"):
         text = (REPO / "bench" / script).read_text()
         assert "add_record_flag(parser)" in text and "record_reference_row(" in text, script
 
