@@ -82,9 +82,11 @@ def main(argv: list[str] | None = None) -> None:
         return cpc.probe_sequences(features["train"], features["test"], speech, budget)
 
     def train(**kwargs):
-        model, history = cpc.run(session, speech, **fns, epochs=args.epochs, **quiet, **kwargs)
+        kwargs.setdefault("epochs", args.epochs)
+        model, history = cpc.run(session, speech, **fns, **quiet, **kwargs)
         last = history.epochs[-1]
-        print(f"  CPC {kwargs or 'main'}: {len(history.losses)} steps in {history.training_seconds:.0f} s, last epoch "
+        name = ", ".join(f"{key}={value}" for key, value in kwargs.items() if key != "epochs") or "main"
+        print(f"  CPC {name}: {len(history.losses)} steps in {history.training_seconds:.0f} s, last epoch "
               f"loss {last['loss']:.3f}, acc k=1 {last['acc k=1']:.3f}, mean acc {last['acc']:.3f}", flush=True)
         return model, history
 
@@ -98,11 +100,13 @@ def main(argv: list[str] | None = None) -> None:
                                                  cpc.spectrogram_features(speech.test_x), speech, budget),
               "CPC": probe(main_model), "supervised": probe(supervised)}
     steps, negatives = {}, {}
-    if not args.no_ablations:
+    if not args.no_ablations:   # every run of Table 2 at the ablation budget, the recipe's K and mode included
+        ablation_epochs = budget.pick(**R["ablation_epochs"])
         for k in budget.pick(**R["step_ablation"]):
-            steps[k] = table1["CPC"] if k == R["steps_ahead"] else probe(train(steps_ahead=k)[0])
+            steps[k] = probe(train(steps_ahead=k, epochs=ablation_epochs)[0])
         for mode in cpc.NEGATIVE_MODES:
-            negatives[mode] = table1["CPC"] if mode == R["negative_mode"] else probe(train(mode=mode)[0])
+            negatives[mode] = steps[R["steps_ahead"]] if mode == R["negative_mode"] and R["steps_ahead"] in steps \
+                else probe(train(mode=mode, epochs=ablation_epochs)[0])
     image_rows = {}
     if images is not None:
         print(f"images: {images!r} ({images.note})")

@@ -11,6 +11,7 @@ the same ``run``: one implementation is measured, and it is the one students run
 * :mod:`.split_brain`: ``03_view_prediction`` (Zhang et al., 2016, 2017);
 * :mod:`.patch_position`: ``04_patch_position`` (Doersch et al., 2015; Noroozi & Favaro, 2016);
 * :mod:`.rotation`: ``05_rotation`` (RotNet, Gidaris et al., 2018);
+* :mod:`.cpc`: ``06_cpc`` (Contrastive Predictive Coding, van den Oord et al., 2018);
 * :mod:`.moco`: ``07_moco`` (MoCo v2, He et al., 2020; Chen et al., 2020).
 
 Each module's ``EXPECTED`` table holds what the course measured per ``(preset, dataset)``, and
