@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args(argv)
-    print(f"cpu: {cpu_bf16._cpu_name()}, native bf16: {cpu_bf16.native_bf16()}, "
+    print(f"cpu: {cpu_bf16.cpu_name()}, native bf16: {cpu_bf16.native_bf16()}, "
           f"capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     for name, build, batch in (("ConvNet w32", lambda: ConvNet(width=32), 256), ("ResNet-18", ResNet18, 64)):

@@ -35,7 +35,7 @@ import torch
 from . import environment
 from .files import atomic_write
 
-__all__ = ["native_bf16", "use_bf16", "measure", "describe"]
+__all__ = ["native_bf16", "cpu_name", "use_bf16", "measure", "describe"]
 
 _MIN_SPEEDUP = 1.15
 _BUSY_LOAD = 0.5                 # load average per core above which a measurement is not cached
@@ -60,7 +60,8 @@ def native_bf16() -> str | None:
     return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), or what ``platform`` knows of it."""
     info = Path("/proc/cpuinfo")
     if info.exists():
         for line in info.read_text().splitlines():
@@ -112,7 +113,7 @@ def use_bf16() -> bool:
     if native is None:
         return False
     # "measure v2": decisions of the first measurement (a median per side, easily fooled by load) are redone
-    key = f"{_cpu_name()} | {native} | torch {torch.__version__} | {torch.get_num_threads()} threads | measure v2"
+    key = f"{cpu_name()} | {native} | torch {torch.__version__} | {torch.get_num_threads()} threads | measure v2"
     path = _cache_path()
     try:
         cached = json.loads(path.read_text())

@@ -122,21 +122,15 @@ def device_description() -> str:
     """The device the notebook trains on, in words (08_summary's table shows it): ``"cuda: NVIDIA H100"``,
     ``"cpu: AMD EPYC 7B13, 2 cores"``."""
     import os
-    import platform
 
+    from .cpu_bf16 import cpu_name
     from .session import choose_device
     device = choose_device()
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     if device.type != "cpu":
         return device.type
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"cpu: {model}, {os.cpu_count()} cores"
+    return f"cpu: {cpu_name()}, {os.cpu_count()} cores"
 
 
 def save_run(name: str, metrics: Mapping[str, Any], encoder: nn.Module | None = None,
