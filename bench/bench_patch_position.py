@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         rows[f"relative position: {name}"] = {**patch_position.probe(model.encoder, data, device, budget),
                                               "pretext": pretext, "seconds": history.training_seconds}
         print(f"{name}: {len(history.losses)} steps in {history.training_seconds:.0f} s; per-epoch position acc "
-              + ", ".join(f"{e['position acc']:.3f}" for e in history.epochs), flush=True)
+              + ", ".join(f"{e['position acc']:.1f}%" for e in history.epochs), flush=True)
         if name == "gap + jitter, full colour":   # the notebook's headline run, the one it saves for 08
             record(args, "relative_position", rows[f"relative position: {name}"], history, model, rows, budget, data,
                    device, argv)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             **patch_position.probe(model.encoder, data, device, budget), "pretext": pretext,
             "seconds": history.training_seconds}
         print(f"jigsaw: {len(history.losses)} steps in {history.training_seconds:.0f} s; per-epoch jigsaw acc "
-              + ", ".join(f"{e['jigsaw acc']:.3f}" for e in history.epochs), flush=True)
+              + ", ".join(f"{e['jigsaw acc']:.1f}%" for e in history.epochs), flush=True)
         record(args, "jigsaw", list(rows.values())[-1], history, model, rows, budget, data, device, argv)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -221,7 +221,7 @@ def run_relative_position(session, setting: dict, *, grid_patches: Callable, sam
         data: default ``session.data``. ``epochs``: default ``RECIPE["epochs"]``.
         live_plot, progress, desc, deadline_s: passed to :func:`sslcourse.train.fit`.
 
-    Records per step ``"position acc"``, the fraction of pairs whose position was guessed right.
+    Records per step ``"position acc"``, the percentage of pairs whose position was guessed right (as in the tables).
     """
     data = data if data is not None else session.data
     budget, device, setting = session.budget, session.device, _check_setting(setting)
@@ -237,7 +237,7 @@ def run_relative_position(session, setting: dict, *, grid_patches: Callable, sam
         logits = pair_logits(model, centre, neighbour)
         with torch.autocast(logits.device.type, enabled=False):   # the cross-entropy in float32
             loss = F.cross_entropy(logits.float(), labels)
-        return loss, {"position acc": (logits.argmax(1) == labels).float().mean().detach()}
+        return loss, {"position acc": 100 * (logits.argmax(1) == labels).float().mean().detach()}
 
     history = train.fit(model, loss_fn, batches, optimizer, epochs, device=device, scheduler=scheduler,
                         live_plot=live_plot, progress=progress, desc=desc or "relative position",
@@ -253,7 +253,7 @@ def run_jigsaw(session, permutations: torch.Tensor, setting: dict | None = None,
 
     Each image's tiles are cut by ``grid_patches`` (exercise 1a) and shuffled by a random permutation index with
     ``shuffle_tiles(tiles, permutations, index)`` (exercise 3b); the network names the index. ``setting``
-    defaults to the first of :data:`SETTINGS`. Records ``"jigsaw acc"`` per step.
+    defaults to the first of :data:`SETTINGS`. Records ``"jigsaw acc"`` per step, in percent.
     """
     data = data if data is not None else session.data
     budget, device = session.budget, session.device
@@ -273,7 +273,7 @@ def run_jigsaw(session, permutations: torch.Tensor, setting: dict | None = None,
         logits = model(shuffle_tiles(tiles, permutations, index.to(tiles.device)))
         with torch.autocast(logits.device.type, enabled=False):
             loss = F.cross_entropy(logits.float(), index.to(logits.device))
-        return loss, {"jigsaw acc": (logits.argmax(1) == index.to(logits.device)).float().mean().detach()}
+        return loss, {"jigsaw acc": 100 * (logits.argmax(1) == index.to(logits.device)).float().mean().detach()}
 
     history = train.fit(model, loss_fn, batches, optimizer, epochs, device=device, scheduler=scheduler,
                         live_plot=live_plot, progress=progress, desc=desc or f"jigsaw, {len(permutations)} permutations",
