@@ -45,7 +45,8 @@ from ..data.speech import SpeechDataset, log_spectrogram, synthetic_speech
 
 __all__ = ["RECIPE", "NEGATIVE_MODES", "PAPER", "PROBE", "EXPECTED", "expected", "CPCModel", "ChannelNorm",
            "speech_data", "new_cpc", "new_supervised", "SequenceBatches", "loader", "optimizer_and_schedule",
-           "cpc_loss", "run", "held_out_steps", "run_supervised", "frame_features", "spectrogram_features", "probe_sequences",
+           "cpc_loss", "run", "held_out_steps", "future_scores", "run_supervised", "frame_features",
+           "spectrogram_features", "probe_sequences",
            "zero_predictors", "ImageCPC", "patch_grid", "image_cpc_loss", "run_images", "probe_images", "random_image_encoder"]
 
 NEGATIVE_MODES = {   # the negatives ablation (Table 2, lower half): what sample_negatives draws from
@@ -329,6 +330,31 @@ def held_out_steps(model: CPCModel, data: SpeechDataset, device, budget: Budget,
     model.train()
     mean = lambda rows: [sum(r[i] for r in rows) / len(rows) for i in range(len(rows[0]))]
     return {"accuracy": mean(accuracies), "loss": mean(losses), "candidates": count + 1}
+
+
+@torch.no_grad()
+def future_scores(model: CPCModel, wave: torch.Tensor, position: int, device, *, encode_and_context: Callable,
+                  step_scores: Callable) -> dict:
+    """What the model expects after step ``position`` of one sequence: the scores ``z_j^T W_k c_t`` (Eq. 3) of
+    the context ``c_t`` (t = ``position``) against **every** step j of the same sequence, for each k = 1..K.
+
+    wave: one waveform ``[T]``. Returns ``{"scores": [K, T'], "probabilities": [K, T']`` (the softmax over j, as
+    if every step were a candidate), ``"targets": [K]`` (the true j = t + k, -1 where it is past the end)``}``,
+    in float32 on the CPU, through the student's ``encode_and_context`` and ``step_scores`` (exercises 1, 2).
+    """
+    model.to(device).eval()
+    z, c = encode_and_context(model, standardised(wave.reshape(1, -1)).to(device))
+    steps = z.shape[1]
+    if not 0 <= position < steps:
+        raise ValueError(f"position must be a step of the sequence, 0..{steps - 1}, got {position}.")
+    rows = []
+    for k, predictor in enumerate(model.predictors, start=1):
+        row = step_scores(predictor, c[:, position].float(), z.float())              # [1, T']: c_t against each z_j
+        rows.append(_check(f"step_scores(W_{k}, ...)", row, (1, steps), "exercise 2")[0])
+    model.train()
+    scores = torch.stack(rows).float().cpu()
+    targets = torch.tensor([position + k if position + k < steps else -1 for k in range(1, len(rows) + 1)])
+    return {"scores": scores, "probabilities": scores.softmax(dim=1), "targets": targets}
 
 
 # ------------------------------------------------------------------------------------------- baselines and probes
