@@ -18,7 +18,7 @@ from torch import nn
 
 from sslcourse.budget import make_budget
 from sslcourse.data import ImageDataset
-from sslcourse.recipes import context_encoder, denoising, moco, patch_position, rotation, split_brain
+from sslcourse.recipes import context_encoder, cpc, denoising, moco, patch_position, rotation, split_brain
 from sslcourse.session import Session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -637,3 +637,77 @@ def test_augmentation_keeps_larger_crops_on_the_embedded_digits():
 
     assert crop_scale("embedded") == (0.5, 1.0)
     assert crop_scale("cifar10") == (0.2, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------ 06: CPC
+
+CPC_EXERCISES = ("encode_and_context", "step_scores", "info_nce", "sample_negatives")
+
+
+@pytest.fixture(scope="module")
+def cpc_functions():
+    return solution_functions("06_cpc", CPC_EXERCISES)
+
+
+@pytest.fixture(scope="module")
+def cpc_speech():
+    return cpc.speech_data(make_budget("smoke", "test"), seed=0)
+
+
+def test_cpc_run_uses_the_functions_passed_in_and_records_the_accuracies(cpc_functions, cpc_speech):
+    session = Session(budget=make_budget("smoke", "test"), device=torch.device("cpu"), seed=0, data=None)
+    seen = {"modes": [], "scores": 0}
+
+    def sample_negatives(batch, steps, count, mode, generator):
+        seen["modes"].append(mode)
+        return cpc_functions["sample_negatives"](batch, steps, count, mode, generator)
+
+    def step_scores(predictor, context, candidates):
+        seen["scores"] += 1
+        return cpc_functions["step_scores"](predictor, context, candidates)
+
+    functions = {**cpc_functions, "sample_negatives": sample_negatives, "step_scores": step_scores}
+    model, history = cpc.run(session, cpc_speech, steps_ahead=3, mode="same", epochs=1, live_plot=False,
+                             progress=False, **functions)
+    steps = len(history.losses)
+    assert steps == len(cpc_speech.train_x) // cpc.RECIPE["batch"]["smoke"] and seen["modes"] == ["same"] * steps
+    assert seen["scores"] == 3 * steps and len(model.predictors) == 3           # one W_k per step k, each step
+    record = history.epochs[-1]
+    assert {"acc k=1", "acc k=3", "acc"} <= set(record) and 0 <= record["acc"] <= 1
+    with pytest.raises(ValueError, match="mode must be one of"):
+        cpc.run(session, cpc_speech, mode="future", epochs=1, live_plot=False, progress=False, **cpc_functions)
+
+
+def test_a_wrong_shape_from_a_student_function_names_the_exercise(cpc_functions, cpc_speech):
+    model = cpc.new_cpc(make_budget("smoke", "test"), 0, 2)
+    waves = cpc.standardised(cpc_speech.train_x[:4])
+    def one_step_short(model, waves):
+        z, c = cpc_functions["encode_and_context"](model, waves)
+        return z[:, :-1], c
+
+    broken = {**cpc_functions, "encode_and_context": one_step_short}
+    with pytest.raises(ValueError, match=r"encode_and_context's z .*exercise 1"):
+        cpc.cpc_loss(model, waves, torch.Generator().manual_seed(0), negatives=3, mode="mixed", **broken)
+    broken = {**cpc_functions, "step_scores": lambda p, c, cand: cpc_functions["step_scores"](p, c, cand)[:, :-1]}
+    with pytest.raises(ValueError, match=r"step_scores\(W_1, \.\.\.\) must be .*exercise 2"):
+        cpc.cpc_loss(model, waves, torch.Generator().manual_seed(0), negatives=3, mode="mixed", **broken)
+
+
+def test_future_scores_score_one_context_against_every_step_and_only_its_past_matters(cpc_functions, cpc_speech):
+    torch.manual_seed(0)
+    model = cpc.new_cpc(make_budget("smoke", "test"), 0, 4)
+    wave = cpc_speech.test_x[0]
+    steps = wave.shape[0] // cpc.HOP
+    kwargs = {k: cpc_functions[k] for k in ("encode_and_context", "step_scores")}
+    out = cpc.future_scores(model, wave, steps - 2, "cpu", **kwargs)
+    assert out["scores"].shape == out["probabilities"].shape == (4, steps)
+    assert torch.allclose(out["probabilities"].sum(dim=1), torch.ones(4))
+    assert out["targets"].tolist() == [steps - 1, -1, -1, -1]                   # the future past the end is -1
+    # By hand: z_j^T W_k c_t, with the same standardisation as training.
+    with torch.no_grad():
+        z = model.encoder(cpc.standardised(wave[None])[:, None]).transpose(1, 2)[0]
+        c = model.autoregressor(z[None])[0][0]
+        by_hand = torch.stack([z @ predictor(c[5]) for predictor in model.predictors])
+    assert torch.allclose(cpc.future_scores(model, wave, 5, "cpu", **kwargs)["scores"], by_hand, atol=1e-5)
+    with pytest.raises(ValueError, match=r"position must be a step of the sequence, 0\.\.\d+, got"):
+        cpc.future_scores(model, wave, steps, "cpu", **kwargs)
