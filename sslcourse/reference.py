@@ -44,7 +44,7 @@ from typing import Any, Iterable, Mapping
 from .files import atomic_write
 
 __all__ = ["Method", "METHODS", "FAMILIES", "FRACTIONS", "REFERENCE_FILE", "ReferenceError", "ReferenceRow",
-           "method", "validate_row", "load_reference", "select", "primary", "record_reference", "make_row",
+           "is_number", "method", "validate_row", "load_reference", "select", "primary", "record_reference", "make_row",
            "curve_from_history"]
 
 REFERENCE_FILE = Path(__file__).with_name("reference_runs.json")
@@ -140,14 +140,15 @@ def method(key: str) -> Method:
     return _BY_KEY[key]
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool): what a metric in a saved run or in the reference file may be."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _percent(where: str, value: Any) -> float | None:
     if value is None:
         return None
-    if not _is_number(value) or not 0 <= value <= 100:
+    if not is_number(value) or not 0 <= value <= 100:
         raise ReferenceError(f"{where}: expected a percentage in [0, 100] or null, got {value!r}")
     return float(value)
 
@@ -199,7 +200,7 @@ def validate_row(row: Mapping[str, Any], where: str = "row") -> ReferenceRow:
     if row["date"] is not None and not _DATE.match(row["date"]):
         raise ReferenceError(f"{where}.date: expected YYYY-MM-DD, got {row['date']!r}")
     minutes = row["minutes"]
-    if minutes is not None and (not _is_number(minutes) or minutes < 0):
+    if minutes is not None and (not is_number(minutes) or minutes < 0):
         raise ReferenceError(f"{where}.minutes: expected a non-negative number or null, got {minutes!r}")
     knn, linear = _percent(f"{where}.knn", row["knn"]), _percent(f"{where}.linear", row["linear"])
 
@@ -227,7 +228,7 @@ def validate_row(row: Mapping[str, Any], where: str = "row") -> ReferenceRow:
         if not isinstance(curve, Mapping) or not curve:
             raise ReferenceError(f"{where}.curve: expected {{metric: [per-epoch values]}} or null, got {curve!r}")
         for metric, values in curve.items():
-            if not isinstance(values, list) or not values or not all(v is None or _is_number(v) for v in values):
+            if not isinstance(values, list) or not values or not all(v is None or is_number(v) for v in values):
                 raise ReferenceError(f"{where}.curve[{metric!r}]: expected a non-empty list of numbers (null for a "
                                      f"missing epoch), got {values!r}")
         curve = {str(k): [None if v is None else float(v) for v in values] for k, values in curve.items()}
@@ -305,7 +306,7 @@ def curve_from_history(history, metrics: Iterable[str] = ("loss", "knn", "linear
     curve = {}
     for name in metrics:
         values = [e.get(name) for e in epochs if not e.get("partial")]
-        values = [float(v) if _is_number(v) else None for v in values]
+        values = [float(v) if is_number(v) else None for v in values]
         if any(v is not None for v in values):
             curve[name] = values
     return curve or None

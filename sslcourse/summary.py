@@ -20,7 +20,7 @@ from torch import nn
 
 from . import evaluate, models
 from .budget import Budget
-from .reference import FAMILIES, FRACTIONS, METHODS, Method, ReferenceRow, curve_from_history, primary
+from .reference import FAMILIES, FRACTIONS, METHODS, Method, ReferenceRow, curve_from_history, is_number, primary
 from .results import CorruptedRunError, Run, RunNotFoundError, device_description, load_run
 
 __all__ = ["Entry", "Encoder", "collect", "references_for", "build_encoder", "encoder_features",
@@ -67,8 +67,7 @@ class Entry:
 
 
 def _number(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        else None
+    return float(value) if is_number(value) else None
 
 
 def _efficiency(value) -> dict | None:
