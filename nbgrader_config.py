@@ -56,3 +56,13 @@ c.Execute.timeout = 120
 # A cell past the timeout is interrupted and fails alone, with CellTimeoutError in its output;
 # without this nbgrader drops the whole submission (an infinite loop would cost every point).
 c.Execute.interrupt_on_timeout = True
+
+# --- Feedback ---------------------------------------------------------------------------
+# nbgrader's feedback is the autograded notebook as HTML, and autograde restores every test cell
+# from the gradebook, hidden tests included: by default a student would read the hidden tests'
+# source in their feedback. Clearing the hidden regions (after the grades are read) keeps each
+# test's outcome and printed messages and drops its hidden code. tests/test_nbgrader.py checks it.
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import ClearHiddenTests, GetGrades  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -40,7 +40,9 @@ import ast
 import copy
 import csv
 import filecmp
+import html as htmllib
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -519,6 +521,36 @@ def test_stripped_metadata_scores_zero_silently(graded):
 
 # --- feedback and export ------------------------------------------------------------------
 
+def page_text(html: str) -> str:
+    """What a reader sees of an HTML page: tags dropped, entities decoded, whitespace collapsed."""
+    return " ".join(htmllib.unescape(re.sub(r"<[^>]+>", "", html)).split())
+
+
+def hidden_and_visible_test_lines(assignment: str) -> tuple[list[str], list[str]]:
+    """Code lines (whitespace collapsed, 25+ characters, no comments) of the solution's test cells: those only in
+    hidden regions, and those in visible ones. A hidden line that also occurs in the release or in a solution cell
+    is no secret (a perfect submission holds the solutions)."""
+    solution = nbformat.read(notebook_path(SOLUTIONS, assignment), as_version=4)
+    release = nbformat.read(notebook_path(RELEASE, assignment), as_version=4)
+
+    def is_test(cell) -> bool:
+        return cell.cell_type == "code" and bool(_nbgrader(cell).get("grade")) and not _nbgrader(cell).get("solution")
+
+    elsewhere = " ".join(" ".join(cell.source.split())
+                         for cell in release.cells + [cell for cell in solution.cells if not is_test(cell)])
+    hidden, visible = [], []
+    for cell in filter(is_test, solution.cells):
+        in_hidden = False
+        for line in cell.source.splitlines():
+            if "BEGIN HIDDEN TESTS" in line or "END HIDDEN TESTS" in line:
+                in_hidden = "BEGIN" in line
+                continue
+            code = " ".join(line.split())
+            if len(code) >= 25 and not code.startswith("#"):
+                (hidden if in_hidden else visible).append(code)
+    return [line for line in hidden if line not in visible and line not in elsewhere], visible
+
+
 def test_feedback_and_grade_export(graded):
     if not ASSIGNMENTS:
         pytest.skip("no assignment in solutions/")
@@ -533,6 +565,17 @@ def test_feedback_and_grade_export(graded):
     auto = sum(graded.auto_scores(first, "perfect").values())
     total = sum(g["max_score"] for g in graded.grades[first]["perfect"].values())
     assert f"Score: {auto:.1f} / {total:.1f}" in report, f"the feedback for {first} does not state the score"
+    for assignment in ASSIGNMENTS:
+        hidden, visible = hidden_and_visible_test_lines(assignment)
+        if not hidden:
+            continue
+        html = (course / "feedback" / "perfect" / assignment / f"{assignment}.html").read_text()
+        shown = page_text(html)
+        # The control: the same reading finds the visible tests' code, so the search below can fail.
+        assert any(line in shown for line in visible), f"{assignment}: no visible test line found in the feedback"
+        leaked = [line for line in hidden if line in shown]
+        assert not leaked and "BEGIN HIDDEN TESTS" not in shown, (
+            f"{assignment}: the feedback shows the hidden tests' source, e.g. {leaked[:2]}")
 
     nbgrader(course, env, "export", f"--to={course / 'grades.csv'}")
     with open(course / "grades.csv", newline="") as handle:
