@@ -315,6 +315,14 @@ def _time(seconds) -> str:
     return "none" if seconds == 0 else (f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s")
 
 
+def _clipped(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut after a whole word and marked with an ellipsis."""
+    if len(text) <= width:
+        return text
+    cut = text[:width - 1].rstrip(" ,;(")
+    return (cut[:cut.rfind(" ")].rstrip(" ,;(") if " " in cut else cut) + "…"
+
+
 def format_table(entries: Sequence[Entry], references: Mapping[str, ReferenceRow], reference_caption: str) -> str:
     """The summary table as text: for each method its family, pretraining time and device, kNN, linear
     probe and label efficiency at 1% / 10% / 100%; the student's row ("yours") above the reference's."""
@@ -325,7 +333,7 @@ def format_table(entries: Sequence[Entry], references: Mapping[str, ReferenceRow
         m = entry.method
         efficiency = entry.label_efficiency or {}
         if entry.ok:
-            device = (entry.device or "not recorded")[:32]
+            device = _clipped(entry.device or "not recorded", 32)
             mine = (f"{_time(entry.seconds):>12}  {device:<34}{_pct(entry.knn):>6}{_pct(entry.linear):>8}"
                     + "".join(f"{_pct(efficiency.get(f)):>7}" for f in FRACTIONS))
         else:
@@ -337,7 +345,7 @@ def format_table(entries: Sequence[Entry], references: Mapping[str, ReferenceRow
         if ref.measured:
             ref_efficiency = ref.label_efficiency or {}
             minutes = None if ref.minutes is None else 60 * ref.minutes
-            shown = (f"{_time(minutes):>12}  {(ref.device or '')[:32]:<34}{_pct(ref.knn):>6}"
+            shown = (f"{_time(minutes):>12}  {_clipped(ref.device or '', 32):<34}{_pct(ref.knn):>6}"
                      f"{_pct(ref.linear):>8}" + "".join(f"{_pct(ref_efficiency.get(f)):>7}" for f in FRACTIONS))
         else:
             shown = f"  {ref.note}"
@@ -363,22 +371,31 @@ def plot_probe_bars(entries: Sequence[Entry], references: Mapping[str, Reference
     ordered = sorted(entries, key=lambda e: (family_order(e.method, taxonomy), METHODS.index(e.method)))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     x = np.arange(len(ordered))
+    drawn_families: set[str] = set()
+    baseline_source = None
     for ax, metric, name in zip(axes, ("knn", "linear"), ("kNN accuracy (%)", "linear-probe accuracy (%)")):
+        random = next((e for e in entries if e.method.key == "random_init" and e.ok), None)
+        baseline = getattr(random, metric) if random is not None else None
+        baseline_source = "yours"
+        if baseline is None and references.get("random_init") is not None:
+            baseline, baseline_source = getattr(references["random_init"], metric), "reference"
+        if baseline is None:
+            baseline_source = None
         for i, entry in enumerate(ordered):
             family = entry.method.family if taxonomy == "objective" else entry.method.lecture_family
             value = getattr(entry, metric) if entry.ok else None
             if value is not None:
                 ax.bar(i - 0.2, value, 0.4, color=FAMILY_COLOURS[family])
                 ax.text(i - 0.2, value + 0.5, f"{value:.0f}", ha="center", fontsize=7)
-            else:
-                ax.text(i - 0.2, 1, "not run", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
+                drawn_families.add(family)
+            else:   # above the dotted line, so the two do not cross
+                ax.text(i - 0.2, (baseline or 0) + 1.5, "not run", rotation=90, ha="center", va="bottom", fontsize=7,
+                        color="0.4")
             ref = references.get(entry.method.key)
             if ref is not None and getattr(ref, metric) is not None:
                 ax.bar(i + 0.2, getattr(ref, metric), 0.4, **GHOST)
-        random = next((e for e in entries if e.method.key == "random_init" and e.ok), None)
-        baseline = getattr(random, metric) if random is not None else None
-        if baseline is None and references.get("random_init") is not None:
-            baseline = getattr(references["random_init"], metric)
+                ax.text(i + 0.2, getattr(ref, metric) + 0.5, f"{getattr(ref, metric):.0f}", ha="center", fontsize=6,
+                        color="0.45")
         if baseline is not None:
             ax.axhline(baseline, color="0.3", linestyle=":", linewidth=1)
         ax.set_xticks(x, [e.label for e in ordered], rotation=40, ha="right", fontsize=8)
@@ -387,10 +404,11 @@ def plot_probe_bars(entries: Sequence[Entry], references: Mapping[str, Reference
         ax.grid(axis="y", alpha=0.3)
     from matplotlib.patches import Patch
     from matplotlib.lines import Line2D
-    used = sorted({(e.method.family if taxonomy == "objective" else e.method.lecture_family) for e in ordered},
-                  key=lambda f: ["baseline", *FAMILIES].index(f))
+    used = sorted(drawn_families, key=lambda f: ["baseline", *FAMILIES].index(f))
     handles = [Patch(color=FAMILY_COLOURS[f], label=f"yours: {f}") for f in used]
-    handles += [Patch(label="reference (ghost)", **GHOST), Line2D([], [], color="0.3", linestyle=":", label="random init")]
+    handles.append(Patch(label="reference (ghost)", **GHOST))
+    if baseline_source is not None:
+        handles.append(Line2D([], [], color="0.3", linestyle=":", label=f"random init ({baseline_source})"))
     axes[1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title or "Probe accuracy per method, grouped by family", fontsize=11)
     fig.tight_layout()
@@ -399,7 +417,8 @@ def plot_probe_bars(entries: Sequence[Entry], references: Mapping[str, Reference
 
 def plot_label_efficiency(entries: Sequence[Entry], references: Mapping[str, ReferenceRow], title: str | None = None):
     """Linear-probe accuracy against the share of labels: each of your encoders (solid), the supervised
-    baseline and the random-init encoder of 00 (black and grey, dashed), the references as faint ghosts."""
+    baseline and the random-init encoder of 00 (black and grey, dashed), and the course's reference curves dotted in
+    the same colours, each named in the legend."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     xs = [100 * f for f in FRACTIONS]
@@ -408,8 +427,9 @@ def plot_label_efficiency(entries: Sequence[Entry], references: Mapping[str, Ref
         m = entry.method
         ref = references.get(m.key)
         if ref is not None and ref.label_efficiency and all(ref.label_efficiency.get(f) is not None for f in FRACTIONS):
-            ax.plot(xs, [ref.label_efficiency[f] for f in FRACTIONS], color="0.6", alpha=0.5, linestyle="--",
-                    linewidth=1)
+            colour = {"supervised": "black", "random_init": "0.45"}.get(m.key, FAMILY_COLOURS.get(m.family, "0.6"))
+            ax.plot(xs, [ref.label_efficiency[f] for f in FRACTIONS], color=colour, alpha=0.45, linestyle=":",
+                    linewidth=1.2, label=f"reference: {m.label}")
         if not (entry.ok and entry.label_efficiency) or any(f not in entry.label_efficiency for f in FRACTIONS):
             continue
         style = {"supervised": dict(color="black", linestyle="--", linewidth=2),
@@ -417,7 +437,6 @@ def plot_label_efficiency(entries: Sequence[Entry], references: Mapping[str, Ref
             m.key, dict(color=FAMILY_COLOURS[m.family], linewidth=1.5))
         ax.plot(xs, [entry.label_efficiency[f] for f in FRACTIONS], marker="o", label=m.label, **style)
         drawn += 1
-    ax.plot([], [], color="0.6", alpha=0.5, linestyle="--", label="references (ghost)")
     ax.set_xscale("log")
     ax.set_xticks(xs, [f"{x:g}%" for x in xs])
     ax.set_xlabel("labelled training images used by the probe")
@@ -570,7 +589,8 @@ def plot_training_curves(entries: Sequence[Entry], references: Mapping[str, Refe
             values = mine[metric]
             ax.plot(range(1, len(values) + 1), values, color=colour, marker="o", markersize=3, label="yours")
         missing = [who for who, curve in (("yours", mine), ("reference", ghost)) if not (curve and metric in curve)]
-        ax.set_title(entry.label + (f"\n(no {' or '.join(missing)} curve)" if missing else ""), fontsize=8)
+        said = {"yours": "no curve of yours", "reference": "no reference curve"}
+        ax.set_title(entry.label + (f"\n({', '.join(said[who] for who in missing)})" if missing else ""), fontsize=8)
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel({"knn": "kNN (%)", "linear": "linear probe (%)", "loss": "training loss"}[metric], fontsize=8)
