@@ -64,5 +64,14 @@ c.Execute.interrupt_on_timeout = True
 # test's outcome and printed messages and drops its hidden code. tests/test_nbgrader.py checks it.
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import ClearHiddenTests, GetGrades  # noqa: E402
+from traitlets import Bool  # noqa: E402
 
-c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+
+class ClearHiddenTestsFromFeedback(ClearHiddenTests):
+    """ClearHiddenTests for feedback. A submission whose cell metadata was stripped has test cells that are no
+    longer marked as grade cells; releasing refuses such a cell (rightly), feedback must clear it all the same."""
+
+    enforce_metadata = Bool(False).tag(config=True)
+
+
+c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTestsFromFeedback, CSSHTMLHeaderPreprocessor]
