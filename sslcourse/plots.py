@@ -18,13 +18,24 @@ import torch
 from . import environment
 
 __all__ = ["image_grid", "plot_reconstructions", "plot_curves", "plot_similarity", "plot_embedding",
-           "plot_label_efficiency", "LivePlot", "in_notebook", "live_plot_allowed"]
+           "plot_label_efficiency", "distinct_colours", "LivePlot", "in_notebook", "live_plot_allowed"]
 
 
 def _pyplot():
     import matplotlib.pyplot as plt  # imported late: the backend is the notebook's (or Agg in tests)
 
     return plt
+
+
+def distinct_colours(count: int):
+    """A colormap of ``count`` distinct colours for categorical labels 0..count-1 (tab20, then tab20b: at most 40);
+    draw with ``vmin=0, vmax=count - 1``."""
+    from matplotlib.colors import ListedColormap
+    plt = _pyplot()
+    colours = plt.cm.tab20.colors + plt.cm.tab20b.colors
+    if not 1 <= count <= len(colours):
+        raise ValueError(f"distinct_colours: between 1 and {len(colours)} colours, got {count}")
+    return ListedColormap(colours[:count])
 
 
 def _to_hwc_images(images) -> np.ndarray:

@@ -372,15 +372,12 @@ def plot_probe_bars(entries: Sequence[Entry], references: Mapping[str, Reference
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     x = np.arange(len(ordered))
     drawn_families: set[str] = set()
-    baseline_source = None
+    random = next((e for e in entries if e.method.key == "random_init" and e.ok), None)
+    baselines = (("yours", random), ("reference", references.get("random_init")))
     for ax, metric, name in zip(axes, ("knn", "linear"), ("kNN accuracy (%)", "linear-probe accuracy (%)")):
-        random = next((e for e in entries if e.method.key == "random_init" and e.ok), None)
-        baseline = getattr(random, metric) if random is not None else None
-        baseline_source = "yours"
-        if baseline is None and references.get("random_init") is not None:
-            baseline, baseline_source = getattr(references["random_init"], metric), "reference"
-        if baseline is None:
-            baseline_source = None
+        # the random-init line: yours where you ran 00, else the reference's
+        baseline, baseline_source = next(((getattr(row, metric), source) for source, row in baselines
+                                          if row is not None and getattr(row, metric) is not None), (None, None))
         for i, entry in enumerate(ordered):
             family = entry.method.family if taxonomy == "objective" else entry.method.lecture_family
             value = getattr(entry, metric) if entry.ok else None

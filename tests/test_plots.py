@@ -101,3 +101,10 @@ def test_history_plot_keeps_one_colour_per_metric_and_draws_baselines():
     assert list(lines["knn, random init"].get_ydata()) == [16.0, 16.0]
     # The live plot draws the same figure: same metric order, hence the same colours.
     assert plots.metric_names(history.epochs) == ["pretext_acc", "knn"]
+
+
+def test_distinct_colours_gives_one_colour_per_label():
+    colours = plots.distinct_colours(24)
+    assert colours.N == 24 and len({tuple(colours(i)) for i in range(24)}) == 24
+    with pytest.raises(ValueError, match="between 1 and 40 colours, got 41"):
+        plots.distinct_colours(41)
