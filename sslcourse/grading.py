@@ -52,3 +52,15 @@ def repair_file(submission: Path | str, release: Path | str) -> int:
     nbformat.write(original, submission.with_name(submission.name + ".orig"))
     nbformat.write(repaired, submission)
     return matched
+
+
+def gradebook_url(course: Path | str, db_url: str | None = None) -> str:
+    """The gradebook's SQLAlchemy URL, as nbgrader's ``CourseDirectory.db_url`` spells it.
+
+    ``db_url`` wins (``--db`` on the command line: ``postgresql://user@host/course`` for a course
+    graded by several people on JupyterHub); otherwise nbgrader's default, the sqlite file
+    ``gradebook.db`` in the course folder.
+    """
+    if db_url:
+        return db_url
+    return f"sqlite:///{Path(course).resolve() / 'gradebook.db'}"

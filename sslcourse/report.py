@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 
 from .files import atomic_write
-from .grading import has_nbgrader_metadata
+from .grading import gradebook_url, has_nbgrader_metadata
 from .tamper import scan_notebook
 
 __all__ = ["SubmissionReport", "build_report", "write_report"]
@@ -112,14 +112,14 @@ def _graded_ids(nb) -> set[str]:
             if cell.metadata.get("nbgrader", {}).get("grade") and cell.cell_type == "code"}
 
 
-def _scores(course: Path, assignment: str) -> dict[str, tuple[float, float]]:
-    database = course / "gradebook.db"
-    if not database.exists():
+def _scores(course: Path, assignment: str, db_url: str | None = None) -> dict[str, tuple[float, float]]:
+    url = gradebook_url(course, db_url)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
         return {}
     from nbgrader.api import Gradebook, MissingEntry
 
     scores = {}
-    with Gradebook(f"sqlite:///{database}") as gradebook:
+    with Gradebook(url) as gradebook:
         try:
             submissions = gradebook.assignment_submissions(assignment)
         except MissingEntry:
@@ -140,11 +140,11 @@ def _read(path: Path):
         return None
 
 
-def build_report(course: Path | str, assignment: str) -> list[SubmissionReport]:
+def build_report(course: Path | str, assignment: str, db_url: str | None = None) -> list[SubmissionReport]:
     """One :class:`SubmissionReport` per folder under ``submitted/*/<assignment>/``, sorted by student."""
     course = Path(course)
     release = _read(course / "notebooks" / assignment / f"{assignment}.ipynb")
-    scores = _scores(course, assignment)
+    scores = _scores(course, assignment, db_url)
     reports = []
     for folder in sorted((course / "submitted").glob(f"*/{assignment}")):
         student = folder.parent.name
@@ -242,10 +242,11 @@ def _csv(reports: list[SubmissionReport]) -> str:
     return buffer.getvalue()
 
 
-def write_report(course: Path | str, assignment: str) -> tuple[Path, list[SubmissionReport]]:
+def write_report(course: Path | str, assignment: str,
+                 db_url: str | None = None) -> tuple[Path, list[SubmissionReport]]:
     """Write ``reports/<assignment>.md`` and ``.csv`` under ``course``; return the Markdown path and the reports."""
     course = Path(course)
-    reports = build_report(course, assignment)
+    reports = build_report(course, assignment, db_url)
     markdown = course / "reports" / f"{assignment}.md"
     atomic_write(markdown, lambda tmp: tmp.write_text(_markdown(assignment, reports)))
     atomic_write(markdown.with_suffix(".csv"), lambda tmp: tmp.write_text(_csv(reports)))
