@@ -104,3 +104,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """SQLAlchemy URL of a database on a throw-away PostgreSQL server (tests/postgres.py); skips without one."""
+    from postgres import throwaway_server
+
+    with throwaway_server() as url:
+        yield url
