@@ -5,10 +5,13 @@
     sslcourse data --import PATH  cache CIFAR-10 from a folder of images or a cifar10-jpeg.npz archive
     sslcourse check-submissions [DIR]            list submissions that lost their nbgrader metadata
     sslcourse restore-metadata SUBMISSION RELEASE  copy the metadata back from the release (by cell id)
-    sslcourse autograde ID [--course DIR] [--no-sandbox] [--sandbox-LIMIT N] [-- NBGRADER ARGS]
-                                                 nbgrader autograde ID, each kernel in the sandbox
-                                                 (sslcourse.sandbox), then the grading report
-    sslcourse report ID [--course DIR]           the grading report alone: reports/ID.md and .csv
+    sslcourse autograde ID [--course DIR] [--jobs N] [--db URL] [--no-sandbox] [--sandbox-LIMIT N]
+                           [-- NBGRADER ARGS]    nbgrader autograde ID, N submissions at a time, each kernel
+                                                 in the sandbox (sslcourse.sandbox), then the grading report;
+                                                 a second call grades only what is new or failed
+    sslcourse report ID [--course DIR] [--db URL]  the grading report alone: reports/ID.md and .csv
+    sslcourse class-report [ID ...] [--course DIR] [--db URL]
+                                                 every assignment at a glance: reports/class.html and class.csv
 """
 from __future__ import annotations
 
@@ -95,32 +98,65 @@ NO_SANDBOX = ("sslcourse autograde: NO SANDBOX. Submissions run with your rights
               "in a throw-away copy of the course or a container.")
 
 
-def report(assignment: str, course: str) -> int:
+def report(assignment: str, course: str, db: str | None = None) -> int:
     from .report import write_report
 
-    path, reports = write_report(Path(course), assignment)
+    path, reports = write_report(Path(course), assignment, db)
     review = [r.student for r in reports if r.needs_review]
     print(f"grading report for {assignment}: {path} ({len(reports)} submissions, {len(review)} to review"
           + (f": {', '.join(review)}" if review else "") + ")")
     return 0
 
 
+def class_report(assignments: list[str], course: str, db: str | None = None) -> int:
+    from .class_report import write_class_report
+
+    try:
+        written = write_class_report(Path(course), assignments or None, db)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"sslcourse class-report: {error}") from None
+    review = sum(len(students) for students in written.to_review.values())
+    print(f"class report: {written.html} and {written.csv} ({len(written.students)} students, "
+          f"{len(written.assignments)} assignments, {review} submission(s) to review)")
+    return 0
+
+
 def autograde(assignment: str, course: str, extra: list[str], *, sandbox: bool = True,
-              limits: dict | None = None) -> int:
-    """nbgrader autograde, each kernel in the sandbox of :mod:`sslcourse.sandbox` where bwrap can build it."""
-    import subprocess
+              limits: dict | None = None, jobs: int | None = None, db: str | None = None) -> int:
+    """nbgrader autograde of every new or failed submission, ``jobs`` at a time (:mod:`sslcourse.autograde`),
+    each kernel in the sandbox of :mod:`sslcourse.sandbox` where bwrap can build it; then the grading report."""
+    import fnmatch
     import tempfile
 
     from . import environment
     from . import sandbox as box
+    from .autograde import default_jobs, grade_all, submissions, to_grade
 
     course_path = Path(course).resolve()
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs < 1:
+        raise SystemExit(f"sslcourse autograde: --jobs must be at least 1, got {jobs}")
+    limits = dict(limits or {})
+    if limits.get("processes") is None:   # the sandbox uid's process limit is shared by the N kernels
+        limits["processes"] = box.Limits().processes * jobs
     try:
-        settings = box.limits_from(limits or {})
+        settings = box.limits_from(limits)
     except ValueError as error:
         raise SystemExit(f"sslcourse autograde: {error}") from None
+    # nbgrader's own student filter becomes ours: each process is given exactly one student.
+    pattern = next((arg.split("=", 1)[1] for arg in extra
+                    if arg.startswith(("--student=", "--CourseDirectory.student_id="))), "*")
+    extra = [arg for arg in extra if not arg.startswith(("--student=", "--CourseDirectory.student_id="))]
+    if db:
+        extra = [f"--CourseDirectory.db_url={db}", *extra]
+    force = "--force" in extra or "-f" in extra
+    every = [s for s in submissions(course_path, assignment) if fnmatch.fnmatchcase(s, pattern)]
+    students = [s for s in to_grade(course_path, assignment, force=force) if s in every]
+    print(f"sslcourse autograde: {assignment}: {len(students)} submission(s) to grade, "
+          f"{len(every) - len(students)} already graded and unchanged; {jobs} at a time", flush=True)
     why = box.why_not() if sandbox else "--no-sandbox was given"
     env = environment.tool_environment()
+    kernel_args = None
     with tempfile.TemporaryDirectory(prefix="sslcourse-sandbox-") as scratch:
         if why is None:
             data = environment.read().data_dir
@@ -128,39 +164,30 @@ def autograde(assignment: str, course: str, extra: list[str], *, sandbox: bool =
                                                         package_parent=Path(__file__).resolve().parent.parent,
                                                         data=data)
             log = course_path / "reports" / "sandbox" / assignment
-            shutil.rmtree(log, ignore_errors=True)
+            for student in students:          # the others' records stay: they were not graded again
+                (log / f"{student}.json").unlink(missing_ok=True)
             runtime = box.prepare(Path(scratch), data=data, env=kernel_env, log=log, limits=settings)
             env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(Path(scratch, "jupyter")),
                                                                 env.get("JUPYTER_PATH")]))
             env["JUPYTER_RUNTIME_DIR"] = str(runtime)
-            extra = [*box.nbgrader_args(runtime), *extra]
+            kernel_args = lambda worker: box.nbgrader_args(runtime, worker)  # noqa: E731
             print(f"sslcourse autograde: sandboxed kernels (bubblewrap): each sees only its submission folder, "
                   f"the installed packages and the dataset cache {data} (read-only); no network; limits "
                   f"{settings}", flush=True)
         else:
             print("=" * 78 + "\n" + NO_SANDBOX + f"\n(no sandbox because {why})\n" + "=" * 78, flush=True)
         try:
-            command = ["nbgrader", "autograde", assignment, *extra]
-            code = subprocess.run(command, cwd=course_path, env=env).returncode
-            missing = _not_autograded(course_path, assignment) if code != 0 else []
-            if missing:
-                # nbgrader stops the batch at some broken submissions (duplicated grade ids, a kernel
-                # that died): grade each one left over on its own, so the others still get their grades.
-                print(f"sslcourse autograde: nbgrader stopped early; grading {len(missing)} submission(s) one by "
-                      f"one: {', '.join(missing)}", flush=True)
-                for student in missing:
-                    subprocess.run([*command, f"--student={student}"], cwd=course_path, env=env)
-                left = _not_autograded(course_path, assignment)
-                print(f"sslcourse autograde: {len(missing) - len(left)} of them graded on their own"
-                      + (f"; nbgrader refused {', '.join(left)} (see the report)" if left else ""), flush=True)
-                code = 1 if left else 0
+            grade_all(course_path, assignment, ["nbgrader", "autograde", assignment, *extra], env=env, jobs=jobs,
+                      students=students, kernel_args=kernel_args)
         finally:
             if why is None:  # a kernel killed before it could give its folder back
                 box.give_back_folders(sorted((course_path / "autograded").glob(f"*/{assignment}")))
-    if code != 0:
-        print(f"sslcourse autograde: nbgrader exited with {code}; the report shows what was graded.")
-    report(assignment, course)
-    return code
+    left = [s for s in _not_autograded(course_path, assignment) if s in students]
+    if left:
+        print(f"sslcourse autograde: nbgrader could not grade {', '.join(left)} (see the report, and "
+              f"reports/autograde/{assignment}/<student>.log); run the same command again to retry only those")
+    report(assignment, course, db)
+    return 1 if left else 0
 
 
 def _not_autograded(course: Path, assignment: str) -> list[str]:
@@ -186,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("autograde", help="nbgrader autograde, then the grading report")
     p.add_argument("assignment")
     p.add_argument("--course", default=".", help="the course folder (default: here)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="grade N submissions at once (default: the cores, %d here)" % (os.cpu_count() or 1))
+    p.add_argument("--db", metavar="URL", help="the gradebook's URL (nbgrader's db_url), e.g. postgresql://host/course")
     p.add_argument("--no-sandbox", action="store_true",
                    help="run kernels unconfined, as plain nbgrader does (only for trusted submissions)")
     for name, unit in SANDBOX_LIMITS.items():
@@ -193,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="the grading report of an autograded assignment")
     p.add_argument("assignment")
     p.add_argument("--course", default=".", help="the course folder (default: here)")
+    p.add_argument("--db", metavar="URL", help="the gradebook's URL (default: sqlite gradebook.db in the course)")
+    p = sub.add_parser("class-report", help="every assignment at a glance: reports/class.html and class.csv")
+    p.add_argument("assignments", nargs="*", metavar="ID", help="assignments (default: every one in the gradebook)")
+    p.add_argument("--course", default=".", help="the course folder (default: here)")
+    p.add_argument("--db", metavar="URL", help="the gradebook's URL (default: sqlite gradebook.db in the course)")
     p = sub.add_parser("check-submissions", help="list submissions whose nbgrader metadata was stripped")
     p.add_argument("folder", nargs="?", default="submitted")
     p = sub.add_parser("restore-metadata", help="copy nbgrader metadata back into a stripped submission")
@@ -207,9 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         return restore_metadata(args.submission, args.release)
     if args.command == "autograde":
         limits = {name: getattr(args, f"sandbox_{name}") for name in SANDBOX_LIMITS}
-        return autograde(args.assignment, args.course, passed_on, sandbox=not args.no_sandbox, limits=limits)
+        return autograde(args.assignment, args.course, passed_on, sandbox=not args.no_sandbox, limits=limits,
+                         jobs=args.jobs, db=args.db)
     if args.command == "report":
-        return report(args.assignment, args.course)
+        return report(args.assignment, args.course, args.db)
+    if args.command == "class-report":
+        return class_report(args.assignments, args.course, args.db)
     if args.command == "doctor":
         return doctor()
     return data(args.name, args.source)

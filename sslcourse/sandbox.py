@@ -393,10 +393,15 @@ def prepare(scratch: Path, *, data: Path, env: dict[str, str], log: Path | None,
     return runtime
 
 
-def nbgrader_args(runtime: Path) -> list[str]:
-    """What nbgrader needs to use the sandbox: the kernel, and ZMQ over unix sockets in ``runtime``."""
+def nbgrader_args(runtime: Path, worker: int = 0) -> list[str]:
+    """What nbgrader needs to use the sandbox: the kernel, and ZMQ over unix sockets in ``runtime``.
+
+    ``worker`` names the sockets of one of several nbgrader processes running at once
+    (``sslcourse autograde --jobs``): jupyter_client picks the first free socket names, and two
+    kernels starting together would otherwise pick the same ones.
+    """
     return [f"--Execute.kernel_name={KERNEL_NAME}", "--KernelManager.transport=ipc",
-            f"--KernelManager.ip={runtime}/kernel", "--Execute.interrupt_on_timeout=True"]
+            f"--KernelManager.ip={runtime}/kernel{worker}", "--Execute.interrupt_on_timeout=True"]
 
 
 def limits_from(values: dict[str, int | None]) -> Limits:
