@@ -1,12 +1,12 @@
-"""Autograde a class in parallel: one ``nbgrader autograde ID --student=S`` per submission, N at a time.
+"""Autograde a class in parallel: N ``nbgrader autograde`` processes at once, each on its own students.
 
 nbgrader grades one submission after another (its issue #174: a class taking "forever"). The work of
 a submission is its notebook's kernel, and submissions share nothing but the gradebook, so
-``sslcourse autograde ID --jobs N`` starts N nbgrader processes at once, each on one student, and
-keeps them busy until every submission is graded. The grades are nbgrader's own: the same command,
-the same preprocessors, the same gradebook writes, only several of them at the same time. Each of
-those writes is a short transaction (sqlite serialises them, PostgreSQL takes them side by side),
-and a process that still lost a race is graded again, alone, once the others are done.
+``sslcourse autograde ID --jobs N`` keeps N nbgrader processes busy, each grading a batch of
+students, until every submission is graded. The grades are nbgrader's own: the same command, the
+same preprocessors, the same gradebook writes, only several of them at the same time. Each of those
+writes is a short transaction (sqlite serialises them, PostgreSQL takes them side by side); a batch
+that a busy gradebook still stopped is graded again, one submission at a time, at the end.
 
 **Resuming.** Without ``--force`` a submission is graded when nbgrader would grade it: it has no
 autograded notebook yet (new, or its grading failed: nbgrader removes what it could not finish), or
@@ -17,7 +17,7 @@ after an interruption therefore grades only what is new or failed (:func:`to_gra
 (at least 1) unless the caller set it, so N kernels do not each start one thread per core.
 
 What each run leaves in ``reports/`` of the course: ``times/<ID>.json`` (seconds per submission,
-for the class report) and ``autograde/<ID>/<student>.log`` (nbgrader's output for that submission).
+for the class report) and ``autograde/<ID>/*.log`` (nbgrader's output, one file per batch).
 """
 from __future__ import annotations
 
@@ -33,20 +33,15 @@ from pathlib import Path
 
 from .files import atomic_write
 
-__all__ = ["Graded", "default_jobs", "to_grade", "grade_all"]
-
-# nbgrader's message when sqlite refused a write because another process held the lock.
-_LOCKED = "database is locked"
-
+__all__ = ["Graded", "default_jobs", "submissions", "to_grade", "batches", "grade_all"]
 
 @dataclass(frozen=True)
 class Graded:
-    """How one submission's ``nbgrader autograde`` ended."""
+    """How one submission's grading ended."""
 
     student: str
-    exit_code: int
-    seconds: float
-    locked: bool = False     # it failed on a busy sqlite gradebook (graded again, alone)
+    graded: bool             # it has an autograded notebook now
+    seconds: float           # its kernel's time (the sandbox's record), else its share of its batch's time
 
 
 def default_jobs() -> int:
@@ -103,56 +98,110 @@ def _threads_per_kernel(env: dict[str, str], jobs: int) -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": str(max(1, default_jobs() // jobs))}
 
 
-def _grade_one(command: list[str], student: str, *, course: Path, env: dict[str, str], log: Path) -> Graded:
-    """``nbgrader autograde`` of one student; its output goes to ``log``."""
-    started = time.monotonic()
-    with open(log, "w") as out:
+def batches(students: list[str], jobs: int, size: int | None = None) -> list[list[str]]:
+    """Split the students into batches for ``jobs`` workers: about four per worker, 1 to 25 students each.
+
+    One nbgrader process per batch, not per student: starting nbgrader costs about 4.5 s of imports
+    on a laptop, a third of a small notebook's grading. Four batches per worker keep every worker
+    busy to the end when some submissions take longer than others.
+    """
+    size = size or max(1, min(25, -(-len(students) // (4 * jobs))))
+    return [students[i:i + size] for i in range(0, len(students), size)]
+
+
+def _selects(batch: list[str], everyone: list[str]) -> list[str]:
+    """nbgrader options that select exactly ``batch`` among ``everyone`` who submitted."""
+    if len(batch) == 1:
         # glob.escape: nbgrader globs the student id, and "[" in a folder name is a pattern.
-        code = subprocess.run([*command, f"--student={glob.escape(student)}"], cwd=course, env=env,
-                              stdout=out, stderr=subprocess.STDOUT).returncode
-    seconds = round(time.monotonic() - started, 1)
-    locked = code != 0 and _LOCKED in log.read_text(errors="replace")
-    return Graded(student, code, seconds, locked)
+        return [f"--student={glob.escape(batch[0])}"]
+    others = sorted(set(everyone) - set(batch))
+    return ["--student=*", f"--CourseDirectory.student_id_exclude={','.join(others)}"]
+
+
+def _batchable(student: str) -> bool:
+    """nbgrader's exclude list is comma-separated, and its student glob is a pattern."""
+    return "," not in student and glob.escape(student) == student
+
+
+def _failed_alone(log_text: str, assignment: str, student: str) -> bool:
+    """nbgrader tried this submission and it failed on its own (not a batch cut short)."""
+    return f"There was an error processing assignment '{assignment}' for student '{student}'" in log_text
 
 
 def grade_all(course: Path, assignment: str, command: list[str], *, env: dict[str, str], jobs: int,
-              students: list[str], kernel_args=None, echo=print) -> list[Graded]:
-    """Run ``command + ["--student=S"]`` for each student, ``jobs`` at a time; returns how each ended.
+              students: list[str], kernel_args=None, batch_size: int | None = None,
+              echo=print) -> list[Graded]:
+    """Grade ``students`` with ``command`` (``nbgrader autograde ID ...``), ``jobs`` processes at a time.
 
-    ``kernel_args(slot)`` gives the extra nbgrader options of worker ``slot`` (0..jobs-1): the
-    sandbox names each worker's kernel sockets apart, so two kernels started at the same moment
-    never pick the same socket file. Submissions that failed on a locked sqlite gradebook are
-    graded again one at a time at the end.
+    Each process grades one batch (:func:`batches`). nbgrader goes on past a submission that fails,
+    but stops the whole batch on a gradebook error (sqlite refusing a write while another process
+    holds the lock) or a broken submission; whoever in a batch was not attempted is then graded
+    again alone. ``kernel_args(worker)`` gives the extra options of worker 0..jobs-1 (the sandbox
+    names each worker's kernel sockets apart).
     """
     course = Path(course)
     logs = course / "reports" / "autograde" / assignment
     logs.mkdir(parents=True, exist_ok=True)
     env = _threads_per_kernel(env, jobs)
-    slots: queue.Queue[int] = queue.Queue()
-    for slot in range(jobs):
-        slots.put(slot)
+    everyone = submissions(course, assignment)
+    workers: queue.Queue[int] = queue.Queue()
+    for worker in range(jobs):
+        workers.put(worker)
+    seconds: dict[str, float] = {}
+    tried_alone: set[str] = set()
+    for student in students:    # a record left by an earlier run must not pass for this one's
+        (course / "reports" / "sandbox" / assignment / f"{student}.json").unlink(missing_ok=True)
 
-    def run(student: str) -> Graded:
-        slot = slots.get()
+    def run(batch: list[str]) -> None:
+        worker = workers.get()
         try:
-            extra = kernel_args(slot) if kernel_args else []
-            result = _grade_one([*command, *extra], student, course=course, env=env, log=logs / f"{student}.log")
+            extra = kernel_args(worker) if kernel_args else []
+            log = logs / f"{batch[0]}.log" if len(batch) == 1 else logs / f"batch-{batch[0]}-{batch[-1]}.log"
+            started = time.monotonic()
+            with open(log, "w") as out:
+                subprocess.run([*command, *extra, *_selects(batch, everyone)], cwd=course, env=env,
+                               stdout=out, stderr=subprocess.STDOUT)
+            elapsed = time.monotonic() - started
         finally:
-            slots.put(slot)
-        echo(f"  {student}: {'graded' if result.exit_code == 0 else f'nbgrader exited with {result.exit_code}'} "
-             f"in {result.seconds:.1f} s", flush=True)
-        return result
+            workers.put(worker)
+        text = log.read_text(errors="replace")
+        for student in batch:
+            seconds[student] = _kernel_seconds(course, assignment, student, default=elapsed / len(batch))
+            if not _is_graded(course, assignment, student) and _failed_alone(text, assignment, student):
+                tried_alone.add(student)
+        done = sum(_is_graded(course, assignment, s) for s in batch)
+        echo(f"  {done}/{len(batch)} graded in {elapsed:.0f} s: {_names(batch)}", flush=True)
 
+    batchable = [s for s in students if _batchable(s)]
+    plan = batches(batchable, jobs, batch_size) + [[s] for s in students if not _batchable(s)]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = {r.student: r for r in pool.map(run, students)}
-    retry = [student for student, result in results.items() if result.locked]
-    if retry:
-        echo(f"sslcourse autograde: the gradebook was busy for {len(retry)} submission(s); grading them again "
-             f"one at a time: {', '.join(retry)}", flush=True)
-        for student in retry:
-            results[student] = run(student)
-    _record_times(course, assignment, results.values())
-    return [results[student] for student in students]
+        list(pool.map(run, plan))
+    again = [s for s in students if not _is_graded(course, assignment, s) and s not in tried_alone]
+    if again:
+        echo(f"sslcourse autograde: a batch stopped early (a busy gradebook or a broken submission); grading "
+             f"{len(again)} submission(s) again, each on its own: {_names(again)}", flush=True)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(run, [[s] for s in again]))
+    results = [Graded(s, _is_graded(course, assignment, s), round(seconds.get(s, 0.0), 1)) for s in students]
+    _record_times(course, assignment, results)
+    return results
+
+
+def _names(students: list[str], shown: int = 6) -> str:
+    return ", ".join(students[:shown]) + (f" and {len(students) - shown} more" if len(students) > shown else "")
+
+
+def _is_graded(course: Path, assignment: str, student: str) -> bool:
+    return any((course / "autograded" / student / assignment).glob("*.ipynb"))
+
+
+def _kernel_seconds(course: Path, assignment: str, student: str, *, default: float) -> float:
+    """The seconds the sandbox recorded for this submission's kernel, else ``default``."""
+    record = course / "reports" / "sandbox" / assignment / f"{student}.json"
+    try:
+        return float(json.loads(record.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
 
 
 def _record_times(course: Path, assignment: str, results) -> None:
@@ -162,5 +211,5 @@ def _record_times(course: Path, assignment: str, results) -> None:
         times = json.loads(path.read_text()) if path.exists() else {}
     except ValueError:
         times = {}
-    times.update({r.student: r.seconds for r in results if r.exit_code == 0})
+    times.update({r.student: r.seconds for r in results if r.graded})
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(dict(sorted(times.items())), indent=1)))
