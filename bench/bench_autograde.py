@@ -122,7 +122,9 @@ def main() -> int:
         subprocess.run(["nbgrader", "generate_assignment", args.assignment, "--force",
                         "--CourseDirectory.release_directory=release_with_db"], cwd=course, env=env,
                        check=True, capture_output=True)
-        single = smoke_run(course, args.assignment, env)         # also builds the smoke dataset cache
+        smoke_run(course, args.assignment, env)                  # builds the smoke dataset cache once
+        shutil.rmtree(course / "smoke")
+        single = smoke_run(course, args.assignment, env)
         print(f"one smoke run of the solution notebook: {single:.1f} s", flush=True)
         load_before = os.getloadavg()[0]
         serial = timed(["nbgrader", "autograde", args.assignment, "--force"], cwd=course, env=env)
