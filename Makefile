@@ -7,7 +7,7 @@
 #   make lab       JupyterLab on notebooks/ (the student release)
 #   make test      the whole pytest suite (PYTEST_ARGS="-m 'not slow'" for the quick part)
 #   make smoke     run every solution notebook end to end with SSLCOURSE_FAST=1
-#   make release   regenerate notebooks/ from solutions/ (nbgrader, no gradebook)
+#   make release   pin the Colab install to v<version>, regenerate notebooks/ from solutions/ (nbgrader, no gradebook)
 #   make bench     run the benchmarks in bench/
 #
 # Every recipe puts .venv/bin first on PATH: nbgrader's gradebook shells out to `alembic`,
@@ -56,9 +56,12 @@ test: $(STAMP)
 smoke: $(STAMP)
 	python -m pytest -m slow tests/test_notebooks.py $(PYTEST_ARGS)
 
-# `--no-db` keeps the gradebook out of it; a gradebook.db that was not there before is removed.
+# First `python -m sslcourse.colab` pins every solution's Colab install to the tag v<version> (and the
+# README badges), and asks Colab for a GPU (sslcourse/colab.py). `--no-db` keeps the gradebook out of
+# it; a gradebook.db that was not there before is removed.
 release: $(STAMP)
-	@had_db=$$([ -e gradebook.db ] && echo yes); \
+	@python -m sslcourse.colab || exit 1; \
+	had_db=$$([ -e gradebook.db ] && echo yes); \
 	for dir in solutions/*/; do \
 	    id=$$(basename "$$dir"); \
 	    [ -f "$$dir/$$id.ipynb" ] || continue; \

@@ -13,9 +13,11 @@ The notebooks teach the methods; this package holds what they share. Read it bot
 See ``docs/PACKAGE.md``.
 """
 from .budget import Budget, choose_budget
-from .environment import course_home, data_dir, results_dir
+from .environment import course_home, data_dir, on_colab, results_dir, use_google_drive
 from .session import Session, choose_device, seed_everything, setup
 
+# The release. Keep it equal to pyproject.toml's version; Colab installs the git tag v<version>
+# (sslcourse/colab.py), so bumping it is how a new release reaches the notebooks.
 __version__ = "0.1.0"
-__all__ = ["Budget", "Session", "choose_budget", "choose_device", "course_home", "data_dir", "results_dir",
-           "seed_everything", "setup", "__version__"]
+__all__ = ["Budget", "Session", "choose_budget", "choose_device", "course_home", "data_dir", "on_colab",
+           "results_dir", "seed_everything", "setup", "use_google_drive", "__version__"]

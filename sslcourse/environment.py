@@ -14,7 +14,8 @@ variable                     effect
 ``SSLCOURSE_DATASET``        what ``dataset="auto"`` means: ``embedded``, ``cifar10``, ...
 ``SSLCOURSE_HOME``           the folder holding ``data/`` and ``results/``
 ``SSLCOURSE_DATA``           the dataset cache (default ``<home>/data``)
-``SSLCOURSE_RESULTS``        saved runs (default ``<home>/results``)
+``SSLCOURSE_RESULTS``        saved runs (default ``<home>/results``); on Colab
+                             :func:`use_google_drive` sets it to a folder in Drive
 ``SSLCOURSE_CPU_BF16``       ``1``/``0``: force bf16 autocast on the CPU on or off (default: measured,
                              :mod:`sslcourse.cpu_bf16`)
 ``LD_PRELOAD``,              a malloc the user chose (jemalloc, tcmalloc, mimalloc, glibc
@@ -24,15 +25,22 @@ variable                     effect
 
 :func:`read` takes a snapshot as an :class:`Environment`; passing a plain dict instead of the
 process environment is how the tests exercise each rule.
+
+On Google Colab (:func:`on_colab`) a runtime's disk is deleted when Colab recycles it, and with it
+every saved run. :func:`use_google_drive` is the student's opt-in: it mounts their Google Drive
+and sets ``SSLCOURSE_RESULTS`` to a folder there, so saved runs (metrics and encoder weights)
+outlive the runtime and ``08_summary`` finds them in a later session.
 """
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["Environment", "read", "course_home", "data_dir", "results_dir", "kernel_environment", "tool_environment"]
+__all__ = ["Environment", "read", "course_home", "data_dir", "results_dir", "on_colab", "use_google_drive",
+           "colab_results_note", "kernel_environment", "tool_environment"]
 
 _ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
@@ -121,6 +129,56 @@ def data_dir() -> Path:
 def results_dir() -> Path:
     """Saved runs: ``SSLCOURSE_RESULTS`` or ``<home>/results``."""
     return read().results_dir
+
+
+# Where Colab mounts Google Drive: the path its own "Mount Drive" button uses.
+COLAB_DRIVE_MOUNTPOINT = Path("/content/drive")
+
+
+def on_colab() -> bool:
+    """True inside a Google Colab kernel.
+
+    Colab's kernel imports ``google.colab`` at start-up; the notebooks' setup cells test the same
+    thing before sslcourse is installed. A ``google.colab`` that is merely installed (or a stand-in
+    on ``PYTHONPATH``) does not count until something imports it.
+    """
+    return "google.colab" in sys.modules
+
+
+def _in_folder(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def use_google_drive(folder: str = "sslcourse", *, mountpoint: Path | str = COLAB_DRIVE_MOUNTPOINT) -> None:
+    """On Colab: keep saved runs in the student's Google Drive, ``MyDrive/<folder>/results``.
+
+    Mounts Drive (Colab asks the student to allow it, the first time) and points
+    :func:`results_dir` there for the rest of the session, by setting ``SSLCOURSE_RESULTS``
+    (so commands the notebook starts see the same folder). Call it in every notebook whose runs
+    should persist, ``08_summary`` included, so that it reads them from there.
+    Outside Colab it says so and changes nothing. ``mountpoint`` is for tests (a stand-in Drive).
+    """
+    if not on_colab():
+        print(f"sslcourse: use_google_drive() only works on Google Colab; nothing changed, "
+              f"results stay in {results_dir()}.")
+        return
+    from google.colab import drive        # exists only on Colab (or as the tests' stand-in)
+
+    mountpoint = Path(mountpoint)
+    drive.mount(str(mountpoint))          # a no-op with a message when Drive is already mounted
+    target = mountpoint / "MyDrive" / folder / "results"
+    target.mkdir(parents=True, exist_ok=True)
+    os.environ["SSLCOURSE_RESULTS"] = str(target)
+    print(f"sslcourse: results and checkpoints now go to {target} in your Google Drive; "
+          f"they stay there when Colab recycles this runtime.")
+
+
+def colab_results_note(mountpoint: Path | str = COLAB_DRIVE_MOUNTPOINT) -> str | None:
+    """On Colab, while results are not in Drive: a line saying they will be lost, and the fix."""
+    if not on_colab() or _in_folder(results_dir(), Path(mountpoint).resolve()):
+        return None
+    return (f"sslcourse: results go to {results_dir()}, which Colab deletes with the runtime; "
+            f"run sslcourse.use_google_drive() in a new cell to keep them in your Google Drive.")
 
 
 # What a sandboxed grading kernel inherits (sslcourse.sandbox): the course's and nbgrader's own

@@ -79,4 +79,7 @@ def setup(seed: int = 0, dataset: str = "auto", verbose: bool = True) -> Session
             from .cpu_bf16 import describe
             print(f"sslcourse: {describe()}")
         print(f"sslcourse: seed {seed}")
+        note = environment.colab_results_note()
+        if note:
+            print(note)
     return Session(budget=budget, device=device, seed=seed, data=data)
