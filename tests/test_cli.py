@@ -16,8 +16,8 @@ def test_doctor_reports_preset_device_and_data(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("SSLCOURSE_FAST", "1")
     assert cli.main(["doctor"]) == 0
     out = capsys.readouterr().out
-    assert "torch" in out and "device" in out and "budget preset 'smoke'" in out
-    assert str(tmp_path) in out and "not cached" in out
+    assert "torch" in out and "device" in out and "preset 'smoke'" in out
+    assert str(tmp_path) in out and "none yet" in out
 
 
 def test_data_import_folder_then_load_from_cache(tmp_path, monkeypatch, capsys):
