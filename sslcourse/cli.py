@@ -1,6 +1,6 @@
 """The ``sslcourse`` command.
 
-    sslcourse doctor              what this machine will run: versions, device, preset, data
+    sslcourse doctor              what this machine will run, and the fix for anything wrong
     sslcourse data [NAME]         fetch or build a dataset into the cache (cifar10, stl10, embedded)
     sslcourse data --import PATH  cache CIFAR-10 from a folder of images or a cifar10-jpeg.npz archive
     sslcourse check-submissions [DIR]            list submissions that lost their nbgrader metadata
@@ -17,41 +17,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 from pathlib import Path
 
 
 def doctor() -> int:
-    import torch
-    import torchvision
+    """Versions, device, preset, data, results and JupyterLab's Validate button, each with its fix (sslcourse.doctor)."""
+    from .doctor import run
 
-    from .budget import choose_budget
-    from .data import cache_path
-    from .environment import data_dir, results_dir
-    from .session import choose_device
-
-    print(f"python       {platform.python_version()} ({sys.executable})")
-    print(f"torch        {torch.__version__}   torchvision {torchvision.__version__}")
-    for name in ("ipywidgets", "jupyterlab", "nbgrader"):
-        try:
-            module = __import__(name)
-            print(f"{name:<12} {getattr(module, '__version__', '?')}")
-        except ImportError:
-            print(f"{name:<12} not installed")
-    device = choose_device()
-    print(f"device       {device}" + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""))
-    print(f"threads      {torch.get_num_threads()}")
-    from .cpu_bf16 import describe
-    print(f"cpu          {describe()}")
-    print(f"{choose_budget()}")
-    print(f"data dir     {data_dir()}")
-    for name in ("cifar10", "stl10", "embedded"):
-        path = cache_path(name)
-        print(f"  {name:<10} {'cached' if path.exists() else 'not cached'} ({path.name})")
-    print(f"results dir  {results_dir()}")
-    return 0
+    return run()
 
 
 def data(name: str, source: str | None) -> int:
@@ -164,8 +139,6 @@ def autograde(assignment: str, course: str, extra: list[str], *, sandbox: bool =
                                                         package_parent=Path(__file__).resolve().parent.parent,
                                                         data=data)
             log = course_path / "reports" / "sandbox" / assignment
-            for student in students:          # the others' records stay: they were not graded again
-                (log / f"{student}.json").unlink(missing_ok=True)
             runtime = box.prepare(Path(scratch), data=data, env=kernel_env, log=log, limits=settings)
             env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(Path(scratch, "jupyter")),
                                                                 env.get("JUPYTER_PATH")]))
@@ -205,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sslcourse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("doctor", help="show versions, device, budget preset and cached data")
+    sub.add_parser("doctor", help="check versions, device, preset, data and the Validate button; print fixes")
     p = sub.add_parser("data", help="download or build a dataset into the cache")
     p.add_argument("name", nargs="?", default="cifar10", choices=["cifar10", "stl10", "embedded"])
     p.add_argument("--import", dest="source", metavar="PATH",
