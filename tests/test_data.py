@@ -111,6 +111,12 @@ def test_offline_fallback_is_loud_and_serves_embedded(tmp_path, monkeypatch, cap
     # ... and says how to bring CIFAR-10 in by hand: which file goes where, or the import command.
     assert "cifar-10-python.tar.gz" in out and str(tmp_path / "data") in out
     assert "sslcourse data cifar10 --import PATH" in out
+    # ... what the embedded set is and how it differs from CIFAR-10, once: the next run says it in one line.
+    assert "digits 0-9" in out and "How it differs from CIFAR-10" in out and "not CIFAR-10's" in out
+    again = D.load_dataset("auto", budget=small, root=tmp_path / "data")
+    out = capsys.readouterr().out
+    assert again.name == "embedded" and "using the EMBEDDED dataset again" in out and "sslcourse doctor" in out
+    assert "How it differs" not in out and out.count("=" * 78) == 0
 
 
 def test_the_archive_placed_by_hand_as_the_banner_says_loads_offline(cifar_server, tmp_path, capsys):

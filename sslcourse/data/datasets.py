@@ -246,6 +246,41 @@ def _embedded(budget: Budget, root: Path) -> ImageDataset:
     return _cached_or_built("embedded", embedded_digits, root)
 
 
+# Written into the data folder once the whole explanation was shown: later runs print one line.
+_EXPLAINED = ".embedded-explained"
+
+
+def _explain_offline(reason: str, root: Path, say) -> None:
+    """Tell a student once, in full, what the embedded set is and how to bring CIFAR-10 in; then one line."""
+    marker = Path(root) / _EXPLAINED
+    if marker.exists():
+        say(f"sslcourse: CIFAR-10 is not available ({reason}); using the EMBEDDED dataset again "
+            f"(`sslcourse doctor` says how to import CIFAR-10).")
+        return
+    say("=" * 78)
+    say("sslcourse: CIFAR-10 is not available, so this notebook uses the EMBEDDED dataset.")
+    say(f"  Reason: {reason}")
+    say("  What it is: 32x32 colour images of the digits 0-9 drawn over blurred photographs, in the")
+    say("    style of SynDigits, built on this machine from fonts and photos that ship with matplotlib,")
+    say("    scikit-image and scikit-learn. Nothing is downloaded.")
+    say("  How it differs from CIFAR-10: the 10 classes are digits, not objects, and shape alone names")
+    say("    them. Every method trains on it and can be compared with the others on it, but the")
+    say("    accuracies are not CIFAR-10's: do not compare them with the reference rows of 08_summary")
+    say("    or with the papers, and expect a different ranking of the methods.")
+    say("  To use CIFAR-10 later, connect to the internet and rerun, or bring it in by hand:")
+    say("    - torchvision's archive: place cifar-10-python.tar.gz (or its folder")
+    say(f"      cifar-10-batches-py/) in {root}, then rerun;")
+    say("    - a folder of images (train/<class>/*.png, test/<class>/*.png) or the course's")
+    say("      cifar10-jpeg.npz: run   sslcourse data cifar10 --import PATH   then rerun.")
+    say("  (Shown once; later runs print one line.)")
+    say("=" * 78)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"explained: {reason}\n")
+    except OSError:   # a read-only data folder: the whole explanation comes back next time, which is fine
+        pass
+
+
 def load_dataset(name: str = "auto", budget: Budget | None = None, verbose: bool = True,
                  root: Path | str | None = None) -> ImageDataset:
     """Load a dataset by name and cut it to the budget's size.
@@ -267,15 +302,7 @@ def load_dataset(name: str = "auto", budget: Budget | None = None, verbose: bool
             data = _cached_or_built("cifar10", lambda: load_cifar10(root, download=True), root)
         except Exception as error:  # no network, a broken mirror, a full disk: the course goes on
             reason = f"{type(error).__name__}: {str(error)[:160]}"
-            say("=" * 78)
-            say("sslcourse: CIFAR-10 is not available, so this notebook uses the EMBEDDED dataset")
-            say(f"  (colour digits over photographs, built offline). Reason: {reason}")
-            say("  To use CIFAR-10, connect to the internet and rerun, or bring it in by hand:")
-            say("    - torchvision's archive: place cifar-10-python.tar.gz (or its folder")
-            say(f"      cifar-10-batches-py/) in {root}, then rerun;")
-            say("    - a folder of images (train/<class>/*.png, test/<class>/*.png) or the course's")
-            say("      cifar10-jpeg.npz: run   sslcourse data cifar10 --import PATH   then rerun.")
-            say("=" * 78)
+            _explain_offline(reason, root, say)
             data = _embedded(budget, root)
             data.note += f"; fallback because CIFAR-10 failed to load ({reason})"
     elif name == "embedded":
