@@ -105,10 +105,12 @@ def autograde(assignment: str, course: str, extra: list[str], *, sandbox: bool =
 
     from . import environment
     from . import sandbox as box
-    from .autograde import default_jobs, grade_all, submissions, to_grade
+    from .autograde import grade_all, submissions, to_grade
 
     course_path = Path(course).resolve()
-    jobs = default_jobs() if jobs is None else jobs
+    # One at a time unless asked: every sandboxed kernel runs as the same uid, and RLIMIT_NPROC counts that
+    # uid's processes across kernels, so a fork bomb in one submission would starve another graded beside it.
+    jobs = 1 if jobs is None else jobs
     if jobs < 1:
         raise SystemExit(f"sslcourse autograde: --jobs must be at least 1, got {jobs}")
     limits = dict(limits or {})
@@ -187,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("assignment")
     p.add_argument("--course", default=".", help="the course folder (default: here)")
     p.add_argument("--jobs", type=int, metavar="N",
-                   help="grade N submissions at once (default: the cores, %d here)" % (os.cpu_count() or 1))
+                   help="grade N submissions at once (default 1; up to the cores, %d here, for a trusted class: "
+                        "sandboxed kernels share one uid and its process limit)" % (os.cpu_count() or 1))
     p.add_argument("--db", metavar="URL", help="the gradebook's URL (nbgrader's db_url), e.g. postgresql://host/course")
     p.add_argument("--no-sandbox", action="store_true",
                    help="run kernels unconfined, as plain nbgrader does (only for trusted submissions)")
