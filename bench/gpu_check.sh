@@ -9,6 +9,7 @@
 #   bash bench/gpu_check.sh split_brain  # bench/bench_split_brain.py --preset gpu (halves and concatenation)
 #   bash bench/gpu_check.sh patch_position  # bench/bench_patch_position.py --preset gpu (3 settings + jigsaw)
 #   bash bench/gpu_check.sh cpc        # bench/bench_cpc.py --preset gpu (Tables 1 and 2 on speech, CPC on images)
+#   bash bench/gpu_check.sh distributed  # sslcourse pretrain moco --preset gpu: 1 GPU, then torchrun on every GPU
 #
 # The machine is bare and offline. It has python3 with torch, torchvision, numpy, pillow, matplotlib,
 # tqdm, scikit-image and scikit-learn; this script installs the repo itself (no dependencies, no
@@ -33,8 +34,8 @@ set -uo pipefail
 
 PART="${1:-}"
 case "$PART" in
-  engine|rotation|moco|denoising|context_encoder|split_brain|patch_position|cpc) ;;
-  *) echo "usage: bash bench/gpu_check.sh engine|rotation|moco|denoising|context_encoder|split_brain|patch_position|cpc (got '${PART}')" >&2; exit 2 ;;
+  engine|rotation|moco|denoising|context_encoder|split_brain|patch_position|cpc|distributed) ;;
+  *) echo "usage: bash bench/gpu_check.sh engine|rotation|moco|denoising|context_encoder|split_brain|patch_position|cpc|distributed (got '${PART}')" >&2; exit 2 ;;
 esac
 
 cd "$(dirname "$0")/.."
@@ -94,6 +95,15 @@ case "$PART" in
   engine)
     run_step bench_augment "$PY" bench/bench_augment.py --device cuda "${DATA[@]}" || status=$?
     run_step bench_engine "$PY" bench/bench_engine.py --device cuda --bf16 "${DATA[@]}" || status=$?
+    ;;
+  distributed)
+    # MoCo's gpu recipe under torchrun with --nproc_per_node = the GPUs lent, against one GPU, the same global
+    # batches (--shards N on both); bench_distributed.py prints images/s per GPU, the speed-up and the efficiency.
+    GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    [ "${GPUS:-0}" -ge 1 ] || { log "no GPU visible (nvidia-smi -L)"; exit 1; }
+    if [ -f "$NPZ" ]; then BENCH_DATA=(--data "$NPZ"); else BENCH_DATA=(--data embedded); fi
+    run_step bench_distributed "$PY" bench/bench_distributed.py --preset gpu --device cuda --processes "$GPUS" \
+      --epochs "${DISTRIBUTED_EPOCHS:-2}" "${BENCH_DATA[@]}" || status=$?
     ;;
   rotation|moco|denoising|context_encoder|split_brain|patch_position|cpc)
     script="bench/bench_${PART}.py"

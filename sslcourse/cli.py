@@ -10,6 +10,10 @@
                                                  in the sandbox (sslcourse.sandbox), then the grading report;
                                                  a second call grades only what is new or failed
     sslcourse report ID [--course DIR] [--db URL]  the grading report alone: reports/ID.md and .csv
+    sslcourse pretrain METHOD [--preset P] [--out DIR] [--epochs N] [--shards N] [--notebook PATH]
+                                                 the method's reference recipe on this process; under
+                                                 torchrun --nproc_per_node=N -m sslcourse pretrain ...
+                                                 on N processes (sslcourse.pretrain)
     sslcourse class-report [ID ...] [--course DIR] [--db URL]
                                                  every assignment at a glance: reports/class.html and class.csv
 """
@@ -204,6 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("assignments", nargs="*", metavar="ID", help="assignments (default: every one in the gradebook)")
     p.add_argument("--course", default=".", help="the course folder (default: here)")
     p.add_argument("--db", metavar="URL", help="the gradebook's URL (default: sqlite gradebook.db in the course)")
+    p = sub.add_parser("pretrain", help="pretrain a method's reference encoder (under torchrun: on many processes)")
+    p.add_argument("method", choices=["moco", "rotation"])
+    p.add_argument("--preset", default="gpu", choices=["smoke", "cpu", "gpu"], help="whose recipe (default gpu)")
+    p.add_argument("--out", default="reference", help="folder of the encoder, metrics, manifest and checkpoint")
+    p.add_argument("--epochs", type=int, help="default: the recipe's")
+    p.add_argument("--shards", type=int, help="how the data is cut (default: the number of processes); keep it "
+                                              "to resume on another number of processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default="auto", help="as sslcourse data (default: CIFAR-10 outside smoke)")
+    p.add_argument("--device", help="e.g. cpu (gloo) on a GPU machine; default: cuda:LOCAL_RANK if present")
+    p.add_argument("--notebook", help="the solution notebook (default solutions/<id>/<id>.ipynb)")
     p = sub.add_parser("check-submissions", help="list submissions whose nbgrader metadata was stripped")
     p.add_argument("folder", nargs="?", default="submitted")
     p = sub.add_parser("restore-metadata", help="copy nbgrader metadata back into a stripped submission")
@@ -226,6 +241,16 @@ def main(argv: list[str] | None = None) -> int:
         return class_report(args.assignments, args.course, args.db)
     if args.command == "doctor":
         return doctor()
+    if args.command == "pretrain":
+        from .pretrain import pretrain
+
+        try:
+            pretrain(args.method, preset=args.preset, out=args.out, notebook=args.notebook, seed=args.seed,
+                     epochs=args.epochs, shards=args.shards, dataset=args.dataset, device=args.device)
+        except ValueError as error:
+            print(f"sslcourse pretrain: {error}", file=sys.stderr)
+            return 2
+        return 0
     return data(args.name, args.source)
 
 

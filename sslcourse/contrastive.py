@@ -33,7 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SplitBatchNorm", "convert_to_split_batchnorm", "batch_shuffle", "batch_unshuffle"]
+from .distributed import Replicas, broadcast_, gather_interleaved
+
+__all__ = ["SplitBatchNorm", "convert_to_split_batchnorm", "batch_shuffle", "batch_unshuffle",
+           "batch_shuffle_across", "batch_unshuffle_across"]
 
 
 class SplitBatchNorm(nn.BatchNorm2d):
@@ -159,3 +162,23 @@ def batch_unshuffle(y: torch.Tensor, unshuffle_index: torch.Tensor) -> torch.Ten
         raise ValueError(f"batch_unshuffle: {y.shape[0]} rows but an unshuffle index of "
                          f"length {unshuffle_index.shape[0]}; pass the index batch_shuffle returned.")
     return y[unshuffle_index]
+
+
+def batch_shuffle_across(x: torch.Tensor, replicas: Replicas) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffling BN across processes (He et al., 2020, Sec. 3.3; ``_batch_shuffle_ddp`` in the official code).
+
+    Gathers every process's ``[n, ...]`` into the global batch (interleaved, see
+    :mod:`sslcourse.distributed`), draws one permutation (rank 0's, broadcast), and returns this
+    process's share of the shuffled global batch, ``[n, ...]``, with the permutation to pass to
+    :func:`batch_unshuffle_across`. Each process's batch norm then sees images from every process.
+    Every process draws the permutation from its default generator, so their random states stay equal.
+    """
+    everyone = gather_interleaved(x, replicas)
+    order = broadcast_(torch.randperm(everyone.shape[0], device=x.device), replicas)
+    return everyone[order[replicas.rank::replicas.world]], order
+
+
+def batch_unshuffle_across(y: torch.Tensor, order: torch.Tensor, replicas: Replicas) -> torch.Tensor:
+    """Undo :func:`batch_shuffle_across` on the key encoder's output: this process's own rows, ``[n, ...]``."""
+    shuffled = gather_interleaved(y, replicas)               # row j: the output for everyone[order[j]]
+    return shuffled[torch.argsort(order)][replicas.rank::replicas.world]

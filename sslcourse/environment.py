@@ -18,6 +18,10 @@ variable                     effect
                              :func:`use_google_drive` sets it to a folder in Drive
 ``SSLCOURSE_CPU_BF16``       ``1``/``0``: force bf16 autocast on the CPU on or off (default: measured,
                              :mod:`sslcourse.cpu_bf16`)
+``SSLCOURSE_REFERENCE``       where the instructor's reference checkpoints are: a folder or an
+                             ``http(s)://`` URL holding ``manifest.json`` (:mod:`sslcourse.reference_encoders`)
+``RANK``, ``WORLD_SIZE``,    set by ``torchrun`` for each process: ``sslcourse pretrain`` joins
+``LOCAL_RANK``               a process group (:mod:`sslcourse.distributed`)
 ``LD_PRELOAD``,              a malloc the user chose (jemalloc, tcmalloc, mimalloc, glibc
 ``MALLOC_*_``,               tunables): :mod:`sslcourse.allocator` then leaves malloc alone
 ``GLIBC_TUNABLES``
@@ -40,7 +44,7 @@ from pathlib import Path
 from typing import Mapping
 
 __all__ = ["Environment", "read", "course_home", "data_dir", "results_dir", "on_colab", "use_google_drive",
-           "colab_results_note", "kernel_environment", "tool_environment"]
+           "colab_results_note", "kernel_environment", "tool_environment", "torchrun_process", "reference_source"]
 
 _ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
@@ -129,6 +133,27 @@ def data_dir() -> Path:
 def results_dir() -> Path:
     """Saved runs: ``SSLCOURSE_RESULTS`` or ``<home>/results``."""
     return read().results_dir
+
+
+def torchrun_process(environ: Mapping[str, str] | None = None) -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` when ``torchrun`` started this process, else ``None``."""
+    env = os.environ if environ is None else environ
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None
+    try:
+        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"]))
+    except ValueError:
+        raise ValueError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them), got "
+                         f"{env.get('RANK')!r}, {env.get('WORLD_SIZE')!r}, {env.get('LOCAL_RANK')!r}.") from None
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK must be in [0, WORLD_SIZE), got RANK={rank}, WORLD_SIZE={world}.")
+    return rank, world, local
+
+
+def reference_source(environ: Mapping[str, str] | None = None) -> str | None:
+    """The instructor's reference checkpoints: ``SSLCOURSE_REFERENCE`` (a folder or a URL), or ``None``."""
+    env = os.environ if environ is None else environ
+    return env.get("SSLCOURSE_REFERENCE") or None
 
 
 # Where Colab mounts Google Drive: the path its own "Mount Drive" button uses.

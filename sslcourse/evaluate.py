@@ -19,6 +19,7 @@ from torch import nn
 from .allocator import keep_freed_memory
 from .train.loop import _autocast
 from .data.batches import normalize, to_float
+from .distributed import SINGLE, Replicas, gather_interleaved, shard_indices
 
 __all__ = ["extract_features", "knn_predict", "knn_accuracy", "linear_probe", "label_efficiency",
            "evaluate_encoder"]
@@ -28,7 +29,7 @@ __all__ = ["extract_features", "knn_predict", "knn_accuracy", "linear_probe", "l
 def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, *, mean, std, device: torch.device | str,
                      batch_size: int = 512, block: int | None = None,
                      features: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
-                     amp: bool = True) -> torch.Tensor:
+                     amp: bool = True, replicas: Replicas = SINGLE) -> torch.Tensor:
     """Encode uint8 images ``[N, 3, H, W]`` into float32 features ``[N, D]`` on ``device``.
 
     The encoder runs in eval mode (batch norm uses its running statistics) without
@@ -38,6 +39,8 @@ def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, *, mean, st
     Images are normalised with ``mean`` and ``std`` (the dataset's, in [0, 1] units).
     ``amp=True`` runs the encoder under bf16 autocast where ``fit`` would (CUDA, and a CPU
     where :func:`sslcourse.cpu_bf16.use_bf16`); the features come back as float32 either way.
+    With ``replicas`` of several processes (under ``torchrun``), each process encodes every
+    ``world``-th image and the features are gathered, so every process gets all ``[N, D]``.
     """
     if not isinstance(images_uint8, torch.Tensor) or images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
         got = (f"{images_uint8.dtype} {tuple(images_uint8.shape)}" if isinstance(images_uint8, torch.Tensor)
@@ -48,6 +51,11 @@ def extract_features(encoder: nn.Module, images_uint8: torch.Tensor, *, mean, st
     if block is not None and not hasattr(encoder, "block_features"):
         raise TypeError(f"block={block} needs an encoder with block_features(x, block) "
                         f"(ConvNet, ResNet18); {type(encoder).__name__} has none.")
+    if replicas.active:
+        rows = shard_indices(len(images_uint8), replicas)
+        mine = extract_features(encoder, images_uint8[rows], mean=mean, std=std, device=device,
+                                batch_size=batch_size, block=block, features=features, amp=amp)
+        return gather_interleaved(mine, replicas)[:len(images_uint8)]
     device = torch.device(device)
     was_training = encoder.training
     encoder.to(device).eval()
@@ -212,7 +220,7 @@ def label_efficiency(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch
 def evaluate_encoder(encoder: nn.Module, data, device: torch.device | str, block: int | None = None, *,
                      features: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
                      k: int = 200, temperature: float = 0.1, linear: bool = True, linear_iterations: int = 100,
-                     batch_size: int = 512) -> dict:
+                     batch_size: int = 512, replicas: Replicas = SINGLE) -> dict:
     """kNN and linear-probe accuracy (percent) of a frozen encoder on an :class:`~sslcourse.data.ImageDataset`.
 
     Returns ``{"knn": .., "linear": ..}`` (only ``"knn"`` with ``linear=False``: the cheap
@@ -222,7 +230,8 @@ def evaluate_encoder(encoder: nn.Module, data, device: torch.device | str, block
     runs ``linear_iterations`` L-BFGS iterations (:func:`linear_probe`).
     """
     extracted = {split: extract_features(encoder, getattr(data, f"{split}_x"), mean=data.mean, std=data.std,
-                                         device=device, batch_size=batch_size, block=block, features=features)
+                                         device=device, batch_size=batch_size, block=block, features=features,
+                                         replicas=replicas)
                  for split in ("train", "test")}
     train_y, test_y = data.train_y.to(extracted["train"].device), data.test_y.to(extracted["train"].device)
     num_classes = getattr(data, "num_classes", None)

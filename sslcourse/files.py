@@ -2,11 +2,13 @@
 
 * :func:`atomic_write` writes through a temporary file and ``os.replace``, so a crash or a
   Ctrl-C mid-write leaves the previous file intact (the dataset cache, checkpoints, saved runs);
+* :func:`file_sha256` fingerprints a file (the manifest of the reference encoders);
 * :func:`to_plain` turns tensors and NumPy values into Python numbers and lists (checkpoint
   histories, JSON metrics).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "torch_save_atomic", "to_plain"]
+__all__ = ["atomic_write", "torch_save_atomic", "file_sha256", "to_plain"]
 
 
 def atomic_write(path: Path | str, write: Callable[[Path], Any]) -> Path:
@@ -38,6 +40,15 @@ def atomic_write(path: Path | str, write: Callable[[Path], Any]) -> Path:
 def torch_save_atomic(obj: Any, path: Path | str) -> Path:
     """``torch.save(obj, path)``, atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def file_sha256(path: Path | str) -> str:
+    """The sha256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def to_plain(value: Any) -> Any:

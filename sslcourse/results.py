@@ -11,6 +11,10 @@ Both are written atomically (a temporary file, then ``os.replace``), so an inter
 save never leaves half a file. Runs are kept per budget preset: a ``smoke`` run never
 mixes with a ``gpu`` run in the summary table.
 
+An instructor's reference encoders (``sslcourse pretrain``) are read with
+:func:`load_reference_encoder`, from a folder or a URL holding their ``manifest.json``; each file is
+checked against the sha256 the manifest gives before ``torch.load(..., weights_only=True)``.
+
 Run names start with the notebook id that saves them (``05_rotation``,
 ``07_moco_queue4096``); error messages use that to say which notebook to rerun.
 """
@@ -28,10 +32,11 @@ import torch
 from torch import nn
 
 from .budget import Budget, choose_budget
-from .environment import results_dir
-from .files import atomic_write, to_plain, torch_save_atomic
+from .environment import data_dir, reference_source, results_dir
+from .files import atomic_write, file_sha256, to_plain, torch_save_atomic
 
-__all__ = ["Run", "save_run", "load_run", "list_runs", "device_description", "RunNotFoundError", "CorruptedRunError"]
+__all__ = ["Run", "save_run", "load_run", "list_runs", "device_description", "RunNotFoundError", "CorruptedRunError",
+           "load_reference_encoder", "ReferenceNotFoundError"]
 
 NOTEBOOKS = ("00_foundations", "01_denoising_autoencoders", "02_context_encoders", "03_view_prediction",
              "04_patch_position", "05_rotation", "06_cpc", "07_moco", "08_summary")
@@ -44,7 +49,11 @@ class RunNotFoundError(FileNotFoundError):
 
 
 class CorruptedRunError(RuntimeError):
-    """A run's file exists but cannot be read."""
+    """A run's file exists but cannot be read (or does not match its manifest's sha256)."""
+
+
+class ReferenceNotFoundError(FileNotFoundError):
+    """No reference encoder is configured, or the manifest has none for this method and preset."""
 
 
 @dataclass
@@ -208,3 +217,78 @@ def load_run(name: str, budget: Budget | str | None = None) -> Run:
                                     f"{str(error).splitlines()[0] if str(error) else ''}). {redo}") from error
     info = {k: v for k, v in record.items() if k != "metrics"}
     return Run(name=name, metrics=_numeric_keys(metrics), state_dict=state_dict, preset=preset, info=info)
+
+
+# --------------------------------------------------------------------------- reference encoders
+
+def _is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://", "file://"))
+
+
+def _fetch(source: str, name: str, timeout_s: float = 60) -> bytes:
+    """The bytes of ``name`` in a folder or under a URL."""
+    if _is_url(source):
+        import urllib.request
+
+        url = source.rstrip("/") + "/" + name
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:   # noqa: S310 (the instructor's URL)
+            return response.read()
+    return (Path(source).expanduser() / name).read_bytes()
+
+
+def load_reference_encoder(method: str, budget: Budget | str | None = None, source: str | Path | None = None) -> Run:
+    """The instructor's reference encoder of ``method`` (``sslcourse pretrain``), as a :class:`Run`.
+
+    ``source`` (default: ``SSLCOURSE_REFERENCE``) is a folder or an ``http(s)://`` URL holding
+    ``manifest.json``. The entry ``"<method>/<preset>"`` (preset: ``budget``, default ``gpu``, the
+    instructor's usual) names the weights file and its sha256. A file from a URL is downloaded once
+    into ``<data>/reference/``. Before loading, the file's sha256 must match the manifest's, and it is
+    read with ``torch.load(..., weights_only=True)``. ``run.metrics`` holds the instructor's kNN,
+    linear probe and label efficiency; ``run.load_encoder(backbone)`` loads the weights.
+
+    Raises:
+        ReferenceNotFoundError: no source configured, no manifest there, or no such entry.
+        CorruptedRunError: the file's sha256 differs from the manifest's, or it cannot be loaded.
+    """
+    source = str(source) if source is not None else reference_source()
+    if not source:
+        raise ReferenceNotFoundError(
+            "No reference encoders are configured: set SSLCOURSE_REFERENCE to the folder or URL your instructor "
+            "gave (it holds manifest.json), or pass source=. Your own run does not need them.")
+    preset = budget if isinstance(budget, str) else getattr(budget, "name", None) or "gpu"
+    try:
+        manifest = json.loads(_fetch(source, "manifest.json"))
+        entries = manifest["encoders"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ReferenceNotFoundError(f"Cannot read manifest.json from {source} ({type(error).__name__}: {error}); "
+                                     "check SSLCOURSE_REFERENCE.") from error
+    key = f"{method}/{preset}"
+    if key not in entries:
+        raise ReferenceNotFoundError(f"{source}/manifest.json has no reference encoder {key!r}; it holds: "
+                                     f"{', '.join(sorted(entries)) or 'none'}.")
+    entry = entries[key]
+    expected = str(entry.get("sha256", "")).lower()
+    if _is_url(source):
+        weights = data_dir() / "reference" / f"{expected[:16]}-{Path(entry['file']).name}"
+        if not weights.exists() or file_sha256(weights) != expected:
+            payload = _fetch(source, entry["file"])
+            atomic_write(weights, lambda p: p.write_bytes(payload))
+    else:
+        weights = Path(source).expanduser() / entry["file"]
+    if not weights.exists():
+        raise ReferenceNotFoundError(f"The manifest in {source} names {entry['file']}, but there is no such file.")
+    got = file_sha256(weights)
+    if got != expected:
+        raise CorruptedRunError(
+            f"The reference encoder {weights} does not match its manifest: expected sha256 {expected}, got {got}. "
+            "The file was damaged or replaced; it is not loaded. Delete it and load again, or ask your instructor.")
+    try:
+        state_dict = torch.load(weights, map_location="cpu", weights_only=True)
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"expected a state_dict, found a {type(state_dict).__name__}")
+    except Exception as error:
+        raise CorruptedRunError(f"The reference encoder {weights} cannot be loaded ({type(error).__name__}: "
+                                f"{str(error).splitlines()[0] if str(error) else ''}).") from error
+    info = {k: v for k, v in entry.items() if k != "metrics"} | {"source": source}
+    return Run(name=f"reference {method}", metrics=_numeric_keys(dict(entry.get("metrics", {}))),
+               state_dict=state_dict, preset=preset, info=info)

@@ -28,8 +28,10 @@ from torch import nn
 from . import lookup_expected
 from .. import augment, evaluate, models, train
 from ..budget import Budget
-from ..contrastive import batch_shuffle, batch_unshuffle, convert_to_split_batchnorm
+from ..contrastive import (batch_shuffle, batch_shuffle_across, batch_unshuffle, batch_unshuffle_across,
+                           convert_to_split_batchnorm)
 from ..data import DeviceBatches, ImageDataset
+from ..distributed import SINGLE, Replicas, ShardedBatches, gather_interleaved
 from ..plots import LivePlot
 
 __all__ = ["MocoRecipe", "RECIPES", "moco_recipe", "MoCo", "new_moco", "MIN_CROP_SCALE", "augmentation", "loader",
@@ -122,6 +124,7 @@ class MoCo(nn.Module):
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, projection_dim, generator=generator), dim=1))
         self.pointer = 0
         self.momentum, self.temperature, self.shuffle_keys = momentum, temperature, shuffle_keys
+        self.replicas = SINGLE            # set by run() under torchrun: shuffling BN across the processes
 
     @property
     def backbone(self):
@@ -137,6 +140,9 @@ class MoCo(nn.Module):
         """[N, 3, H, W] -> [N, D] L2-normalised keys, no gradients; shuffled around f_k (shuffling BN)."""
         if not self.shuffle_keys:
             return F.normalize(self.key_encoder(x), dim=1)
+        if self.replicas.active:         # several processes: shuffle across all of them, as the paper does
+            shuffled, order = batch_shuffle_across(x, self.replicas)
+            return F.normalize(batch_unshuffle_across(self.key_encoder(shuffled), order, self.replicas), dim=1)
         shuffled, unshuffle = batch_shuffle(x)
         return F.normalize(batch_unshuffle(self.key_encoder(shuffled), unshuffle), dim=1)
 
@@ -148,13 +154,19 @@ class MoCo(nn.Module):
 
 
 def new_moco(budget: Budget, recipe: MocoRecipe, *, queue_size: int | None = None, momentum: float | None = None,
-             seed: int = 0) -> MoCo:
-    """A fresh MoCo with the recipe's backbone, head and BN splits (same seed: same initial network)."""
+             seed: int = 0, replicas: Replicas = SINGLE) -> MoCo:
+    """A fresh MoCo with the recipe's backbone, head and BN splits (same seed: same initial network).
+
+    With several processes the recipe's ``bn_splits`` are shared out: each process splits its part
+    of the batch into ``bn_splits / world`` (at least 1; the paper's 8 GPUs: plain BN on each).
+    """
     torch.manual_seed(seed)
-    return MoCo(models.make_backbone(budget), queue_size=recipe.queue_size if queue_size is None else queue_size,
+    moco = MoCo(models.make_backbone(budget), queue_size=recipe.queue_size if queue_size is None else queue_size,
                 momentum=recipe.momentum if momentum is None else momentum, temperature=recipe.temperature,
-                projection_dim=recipe.projection_dim, hidden_dim=recipe.hidden_dim, bn_splits=recipe.bn_splits,
-                seed=seed)
+                projection_dim=recipe.projection_dim, hidden_dim=recipe.hidden_dim,
+                bn_splits=max(1, recipe.bn_splits // replicas.world), seed=seed)
+    moco.replicas = replicas
+    return moco
 
 
 # --------------------------------------------------------------------------- the data
@@ -172,8 +184,16 @@ def augmentation(data: ImageDataset) -> augment.Compose:
     return augment.moco_cifar_augment(data.image_size, min_scale=MIN_CROP_SCALE.get(data.name, 0.2))
 
 
-def loader(data: ImageDataset, recipe: MocoRecipe, device, seed: int = 0) -> DeviceBatches:
-    """Two augmented views per training image, ``((x_q, x_k), y)``, served from ``device``."""
+def loader(data: ImageDataset, recipe: MocoRecipe, device, seed: int = 0, *, replicas: Replicas = SINGLE,
+           shards: int | None = None) -> DeviceBatches | ShardedBatches:
+    """Two augmented views per training image, ``((x_q, x_k), y)``, served from ``device``.
+
+    With several processes (or ``shards``), each process holds and serves its shards of the data
+    (:class:`sslcourse.distributed.ShardedBatches`).
+    """
+    if replicas.active or shards is not None:
+        return ShardedBatches(data.train_x, data.train_y, recipe.batch_size, device, replicas, shards=shards,
+                              views=2, augment=augmentation(data), mean=data.mean, std=data.std, seed=seed)
     return DeviceBatches(data.train_x, data.train_y, recipe.batch_size, device, views=2,
                          augment=augmentation(data), mean=data.mean, std=data.std, seed=seed)
 
@@ -202,9 +222,11 @@ def optimizer_and_schedule(parameters, recipe: MocoRecipe, epochs: int, steps_pe
 
 # --------------------------------------------------------------------------- evaluation
 
-def knn_monitor(backbone: nn.Module, data: ImageDataset, device) -> float:
-    """Weighted kNN accuracy (%) of the frozen backbone (k = 200, T = 0.1, cosine: the MoCo demo's monitor)."""
-    return evaluate.evaluate_encoder(backbone, data, device, k=200, temperature=0.1, linear=False)["knn"]
+def knn_monitor(backbone: nn.Module, data: ImageDataset, device, replicas: Replicas = SINGLE) -> float:
+    """Weighted kNN accuracy (%) of the frozen backbone (k = 200, T = 0.1, cosine: the MoCo demo's monitor).
+    With several processes each encodes its share of the images and the features are gathered."""
+    return evaluate.evaluate_encoder(backbone, data, device, k=200, temperature=0.1, linear=False,
+                                     replicas=replicas)["knn"]
 
 
 def probe(backbone: nn.Module, data: ImageDataset, device, budget: Budget) -> tuple[float, dict]:
@@ -222,7 +244,8 @@ def run(session, *, moco_step: Callable, infonce: Callable, update: Callable, en
         data: ImageDataset | None = None, recipe: MocoRecipe | None = None, epochs: int | None = None,
         queue_size: int | None = None, momentum: float | None = None, monitor: bool = True,
         random_init_knn: float | None = None, live_plot: bool = True, progress: bool = True,
-        desc: str = "MoCo", deadline_s: float | None = None) -> tuple[MoCo, train.History]:
+        desc: str = "MoCo", deadline_s: float | None = None, replicas: Replicas = SINGLE,
+        shards: int | None = None, checkpoint=None) -> tuple[MoCo, train.History]:
     """Train a fresh MoCo with the student's step and return ``(moco, history)``.
 
     Args:
@@ -234,26 +257,41 @@ def run(session, *, moco_step: Callable, infonce: Callable, update: Callable, en
         queue_size, momentum: override K and m (the ablation rows).
         monitor: record the kNN accuracy (``"knn"``) after every epoch.
         random_init_knn: drawn as the live plot's dashed "random init" line.
-        live_plot, progress, desc, deadline_s: passed to :func:`sslcourse.train.fit`.
+        live_plot, progress, desc, deadline_s, checkpoint: passed to :func:`sslcourse.train.fit`.
+        replicas, shards: training on several processes (``sslcourse pretrain moco`` under ``torchrun``):
+            each process trains on its part of every batch; the keys are shuffled across the processes
+            before the key encoder and every process enqueues all of them, as in the paper.
     """
     recipe = recipe or moco_recipe(session.budget)
     data = data if data is not None else experiment_data(session)
     epochs = recipe.epochs if epochs is None else epochs
-    moco = new_moco(session.budget, recipe, queue_size=queue_size, momentum=momentum, seed=session.seed)
-    batches = loader(data, recipe, session.device, seed=session.seed)
+    moco = new_moco(session.budget, recipe, queue_size=queue_size, momentum=momentum, seed=session.seed,
+                    replicas=replicas)
+    batches = loader(data, recipe, session.device, seed=session.seed, replicas=replicas, shards=shards)
     optimizer, scheduler = optimizer_and_schedule(moco.query_encoder.parameters(), recipe, epochs, len(batches))
+    if replicas.active:                    # the queue takes every process's keys, in the global batch's order
+        enqueue = _enqueue_everyone(enqueue, replicas)
 
     def loss_fn(model, batch):
         (x_q, x_k), _labels = batch        # the labels are never used in training
         return moco_step(model, x_q, x_k, infonce=infonce, update=update, enqueue=enqueue)
 
-    on_epoch_end = (lambda epoch, model: {"knn": knn_monitor(model.backbone, data, session.device)}) if monitor else None
+    on_epoch_end = (lambda epoch, model: {"knn": knn_monitor(model.backbone, data, session.device, replicas)}
+                    if monitor else None)
     plot = LivePlot(title=desc, baselines={"knn": random_init_knn} if random_init_knn is not None else None,
                     ylabel="accuracy (%)", enabled=None if live_plot else False)
     history = train.fit(moco, loss_fn, batches, optimizer, epochs, device=session.device, scheduler=scheduler,
                         desc=desc, on_epoch_end=on_epoch_end, live_plot=plot, progress=progress,
-                        deadline_s=deadline_s)
+                        deadline_s=deadline_s, checkpoint=checkpoint, replicas=replicas)
     return moco, history
+
+
+def _enqueue_everyone(enqueue: Callable, replicas: Replicas) -> Callable:
+    """The student's ``enqueue(queue, pointer, keys)``, given the keys of every process (``concat_all_gather``
+    in the official code), so that every process's queue stays the same."""
+    def enqueue_gathered(queue, pointer, keys):
+        return enqueue(queue, pointer, gather_interleaved(keys.detach(), replicas))
+    return enqueue_gathered
 
 
 def run_in_batch(session, *, info_nce_in_batch: Callable, data: ImageDataset | None = None,

@@ -21,6 +21,7 @@ from torch import nn
 from .. import augment, evaluate, models, train
 from ..budget import Budget
 from ..data import DeviceBatches, ImageDataset, normalize, to_float
+from ..distributed import SINGLE, Replicas, ShardedBatches
 
 __all__ = ["ROTATION_SETS", "PAPER_CIFAR10", "RECIPE", "PROBE", "RotNet", "random_encoder", "rotnet_epochs",
            "train_images", "loader", "optimizer_and_schedule", "run", "probe_blocks", "rotation_predictions",
@@ -83,12 +84,16 @@ def train_images(data: ImageDataset, budget: Budget) -> int:
     return len(data.train_x) if limit is None else min(limit, len(data.train_x))
 
 
-def loader(data: ImageDataset, budget: Budget, angles, device, seed: int = 0) -> DeviceBatches:
-    """Flipped training images, ``budget.batch_size / n`` per step (each becomes n rotated images)."""
+def loader(data: ImageDataset, budget: Budget, angles, device, seed: int = 0, *, replicas: Replicas = SINGLE,
+           shards: int | None = None) -> DeviceBatches | ShardedBatches:
+    """Flipped training images, ``budget.batch_size / n`` per step (each becomes n rotated images).
+    With several processes (or ``shards``) each process serves its shards (``ShardedBatches``)."""
     n = train_images(data, budget)
-    return DeviceBatches(data.train_x[:n], data.train_y[:n], budget.batch_size // len(angles), device,
-                         augment=augment.RandomHorizontalFlip(RECIPE["flip"]), mean=data.mean, std=data.std,
-                         seed=seed)
+    kwargs = dict(augment=augment.RandomHorizontalFlip(RECIPE["flip"]), mean=data.mean, std=data.std, seed=seed)
+    if replicas.active or shards is not None:
+        return ShardedBatches(data.train_x[:n], data.train_y[:n], budget.batch_size // len(angles), device, replicas,
+                              shards=shards, **kwargs)
+    return DeviceBatches(data.train_x[:n], data.train_y[:n], budget.batch_size // len(angles), device, **kwargs)
 
 
 def optimizer_and_schedule(model: nn.Module, budget: Budget, epochs: int, steps_per_epoch: int):
@@ -101,7 +106,8 @@ def optimizer_and_schedule(model: nn.Module, budget: Budget, epochs: int, steps_
 
 def run(session, angles, *, rotate_batch: Callable, rotnet_loss: Callable, data: ImageDataset | None = None,
         epochs: int | None = None, live_plot: bool = True, progress: bool = True, desc: str | None = None,
-        deadline_s: float | None = None) -> tuple[RotNet, train.History]:
+        deadline_s: float | None = None, replicas: Replicas = SINGLE, shards: int | None = None,
+        checkpoint=None) -> tuple[RotNet, train.History]:
     """Train RotNet on the rotation set ``angles`` with the student's loss; return ``(model, history)``.
 
     Args:
@@ -110,13 +116,14 @@ def run(session, angles, *, rotate_batch: Callable, rotnet_loss: Callable, data:
         rotate_batch, rotnet_loss: exercises 1 and 2; ``rotnet_loss(model, x, angles, rotate=rotate_batch)``
             returns ``(loss, accuracy as a fraction)``, recorded as ``"rotation acc"``.
         data: default ``session.data``; ``epochs``: default :func:`rotnet_epochs`.
-        live_plot, progress, desc, deadline_s: passed to :func:`sslcourse.train.fit`.
+        live_plot, progress, desc, deadline_s, checkpoint: passed to :func:`sslcourse.train.fit`.
+        replicas, shards: training on several processes (``sslcourse pretrain rotation`` under ``torchrun``).
     """
     data = data if data is not None else session.data
     budget, device = session.budget, session.device
     rotate_batch(to_float(data.train_x[:2]), angles)     # fail here, naming the exercise, not inside fit
     model = RotNet(random_encoder(budget, session.seed), len(angles))
-    batches = loader(data, budget, angles, device, seed=session.seed)
+    batches = loader(data, budget, angles, device, seed=session.seed, replicas=replicas, shards=shards)
     epochs = rotnet_epochs(budget, angles) if epochs is None else epochs
     optimizer, scheduler = optimizer_and_schedule(model, budget, epochs, len(batches))
 
@@ -127,7 +134,7 @@ def run(session, angles, *, rotate_batch: Callable, rotnet_loss: Callable, data:
 
     history = train.fit(model, loss_fn, batches, optimizer, epochs, device=device, scheduler=scheduler,
                         live_plot=live_plot, progress=progress, desc=desc or f"RotNet {len(angles)} rotations",
-                        deadline_s=deadline_s)
+                        deadline_s=deadline_s, replicas=replicas, checkpoint=checkpoint)
     return model, history
 
 

@@ -17,6 +17,7 @@ given number of seconds of training.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import cpu_bf16
+from ..distributed import SINGLE, Replicas, agree, average_, average_buffers
 from ..allocator import keep_freed_memory
 from ..files import to_plain
 from ..plots import LivePlot
@@ -117,6 +119,50 @@ def _split_output(out: Any) -> tuple[torch.Tensor, dict]:
     return loss, dict(metrics)
 
 
+def _data_parallel(model: nn.Module, loss_fn: Callable, device: torch.device, replicas: Replicas) -> Callable:
+    """``batch -> loss_fn(model, batch)``; with several processes, run inside DistributedDataParallel.
+
+    The recipes' models have no single ``forward`` (the student's functions call their parts), so
+    DDP wraps the whole loss: a module whose ``forward(batch)`` is ``loss_fn(model, batch)``. DDP's
+    gradient hooks then average every gradient over the processes during ``backward``. Buffers are
+    not broadcast from rank 0 (each process keeps its own batch-norm statistics, averaged at the end
+    of each epoch, and MoCo's queue is the same everywhere by construction).
+    """
+    if not replicas.active:
+        return lambda batch: loss_fn(model, batch)
+    from torch.nn.parallel import DistributedDataParallel
+
+    # torch >= 2.14 renamed broadcast_buffers to forward_sync_buffers (Colab's 2.11 has only the old name).
+    # Syncing buffers once at the start is fine: every process builds the same model from the same seed.
+    names = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in names else {"broadcast_buffers": False}
+    return DistributedDataParallel(_LossModule(model, loss_fn), **no_buffer_sync,
+                                   device_ids=[device.index] if device.type == "cuda" else None)
+
+
+class _LossModule(nn.Module):
+    """``loss_fn(model, batch)`` as a module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch):
+        return self.loss_fn(self.model, batch)
+
+
+def _mean_over_processes(loss: torch.Tensor, metrics: dict, replicas: Replicas) -> tuple[torch.Tensor, dict]:
+    """The loss and metrics to record: each process's own, averaged over the processes."""
+    if not replicas.active:
+        return loss, metrics
+    names = list(metrics)
+    values = torch.stack([loss.detach().float()] + [torch.as_tensor(metrics[n], dtype=torch.float32,
+                                                                      device=loss.device).detach().reshape(())
+                                                    for n in names])
+    average_(values, replicas)
+    return values[0], {n: values[i + 1] for i, n in enumerate(names)}
+
+
 def _autocast(device: torch.device, amp: bool | str):
     """bf16 autocast on CUDA when ``amp`` is True, and on a CPU where :func:`sslcourse.cpu_bf16.use_bf16`
     measured it faster; on any device when ``amp == "bf16"``; never with ``amp=False``."""
@@ -132,7 +178,7 @@ def fit(model: nn.Module, loss_fn: Callable, loader: Any, optimizer: torch.optim
         amp: bool | str = True, channels_last: bool = True, compile: bool = False,
         live_plot: bool | LivePlot = True, progress: bool = True, desc: str = "train",
         on_epoch_end: Callable | None = None, log_every: int = 10, keep_memory: bool = True,
-        deadline_s: float | None = None) -> History:
+        deadline_s: float | None = None, replicas: Replicas = SINGLE) -> History:
     """Train ``model`` for ``epochs`` epochs and return the :class:`History`.
 
     Args:
@@ -169,6 +215,13 @@ def fit(model: nn.Module, loss_fn: Callable, loader: Any, optimizer: torch.optim
             ``log_every`` steps, so the overshoot is at most that many steps. The cut epoch
             gets a record (``partial: True``, ``on_epoch_end`` included) but no checkpoint,
             and ``History.deadline_reached`` is set.
+        replicas: this process's place among several (:func:`sslcourse.distributed.start`, under
+            ``torchrun``). With more than one process, ``loss_fn`` runs inside
+            :class:`~torch.nn.parallel.DistributedDataParallel`, which averages the gradients; the
+            recorded losses and metrics are the mean over the processes; batch-norm running statistics
+            are averaged before ``on_epoch_end`` and each checkpoint; only rank 0 writes the checkpoint,
+            prints and shows progress, and every process resumes from it. ``loader`` then serves this
+            process's part of each batch (:class:`sslcourse.distributed.ShardedBatches`).
 
     Raises:
         NonFiniteLossError: the loss became NaN or Inf (the checkpoint keeps the last good epoch).
@@ -196,18 +249,24 @@ def fit(model: nn.Module, loss_fn: Callable, loader: Any, optimizer: torch.optim
         if start_epoch >= epochs:
             print(f"{desc}: the checkpoint {checkpoint} already holds {start_epoch} epochs; nothing to train.")
             return history
-        print(f"{desc}: resuming from {checkpoint} after epoch {start_epoch} of {epochs}.")
+        if replicas.is_main:
+            print(f"{desc}: resuming from {checkpoint} after epoch {start_epoch} of {epochs}.")
     step_model = torch.compile(model) if compile else model
+    compute_loss = _data_parallel(step_model, loss_fn, device, replicas)
     autocast = _autocast(device, amp)
+    main = replicas.is_main
+    if not main:
+        progress, live_plot = False, False
 
     log = LossLog(history.losses, epochs, steps, read_every=log_every)
     log.checkpoint, log.saved_epochs = checkpoint, start_epoch
     report = Reporter(desc, epochs * steps, start_epoch * steps, progress, live_plot)
     trained_s = 0.0                      # seconds of training in this call, the monitor excluded
-    epoch = step = start_epoch
+    epoch = step_number = start_epoch
 
     def out_of_time(started: float) -> bool:
-        return deadline_s is not None and trained_s + time.perf_counter() - started >= deadline_s
+        late = deadline_s is not None and trained_s + time.perf_counter() - started >= deadline_s
+        return agree(late, replicas) if deadline_s is not None else False   # every process stops at one step
 
     # On a CPU, large activations are freed and re-allocated every step; keep them in the process
     # instead of returning them to the kernel (see sslcourse.allocator).
@@ -218,18 +277,18 @@ def fit(model: nn.Module, loss_fn: Callable, loader: Any, optimizer: torch.optim
                 log.start_epoch(epoch)
                 started = time.perf_counter()
                 cut = False
-                for step, batch in enumerate(_batches(loader, epoch), start=1):
+                for step_number, batch in enumerate(_batches(loader, epoch), start=1):
                     batch = _move(batch, device, channels_last)
                     with autocast:
-                        loss, metrics = _split_output(loss_fn(step_model, batch))
+                        loss, metrics = _split_output(compute_loss(batch))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     if scheduler is not None:
                         scheduler.step()
-                    values = log.add(step, loss, metrics)
+                    values = log.add(step_number, *_mean_over_processes(loss, metrics, replicas))
                     report.steps_done(values, epoch, epochs, history.losses, history.epochs)
-                    if values and step < steps and out_of_time(started):
+                    if values and step_number < steps and out_of_time(started):
                         cut = True
                         break
                 report.steps_done(log.read_back(), epoch, epochs, history.losses, history.epochs)
@@ -238,26 +297,27 @@ def fit(model: nn.Module, loss_fn: Callable, loader: Any, optimizer: torch.optim
                 record = {"epoch": epoch + 1, **log.epoch_summary(), "lr": optimizer.param_groups[0]["lr"],
                           "time": seconds}
                 if cut:
-                    record.update(partial=True, steps=step)
+                    record.update(partial=True, steps=step_number)
+                average_buffers(model, replicas)
                 if on_epoch_end is not None:
                     extra = on_epoch_end(epoch + 1, model) or {}
                     model.train()
                     record.update({k: to_plain(v) for k, v in extra.items()})
                 history.epochs.append(record)
-                if checkpoint is not None and not cut:
+                if checkpoint is not None and not cut and main:
                     save_checkpoint(checkpoint, epoch + 1, model, optimizer, scheduler, history.state_dict())
                     log.saved_epochs = epoch + 1
                 report.epoch_done(record, history.losses, history.epochs)
-                if cut or (deadline_s is not None and trained_s >= deadline_s and epoch + 1 < epochs):
+                if cut or (deadline_s is not None and agree(trained_s >= deadline_s, replicas) and epoch + 1 < epochs):
                     history.deadline_reached = True
                     print(f"{desc}: stopped at the deadline of {deadline_s:g} s, after {len(history.losses)} "
-                          f"steps (epoch {epoch + 1}" + (f", step {step}/{steps})." if cut else ")."))
+                          f"steps (epoch {epoch + 1}" + (f", step {step_number}/{steps})." if cut else ")."))
                     break
         except KeyboardInterrupt:
             log.read_back()  # the pending losses are of finished steps; an unfinished step recorded none
             history.interrupted = True
             kept = f"; {checkpoint} holds epoch {log.saved_epochs}" if checkpoint is not None and log.saved_epochs else ""
-            print(f"{desc}: interrupted at epoch {epoch + 1}, step {step}: the model keeps the weights trained so far{kept}.")
+            print(f"{desc}: interrupted at epoch {epoch + 1}, step {step_number}: the model keeps the weights trained so far{kept}.")
         finally:
             report.close(history.losses, history.epochs)
     return history
