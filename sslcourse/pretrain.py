@@ -98,11 +98,50 @@ def _rotation_batch(budget):
     return budget.batch_size // 4 * 4        # a step sees batch_size / 4 images, each in 4 rotations
 
 
+_NOISES = {"gaussian": "gaussian_noise", "masking": "masking_noise", "salt-and-pepper": "salt_and_pepper"}
+_DAE_LOSSES = {"mse": "emphasized_mse", "cross-entropy": "emphasized_cross_entropy"}
+
+
+def _denoising_train(session, functions, replicas, shards, epochs, checkpoint):
+    from .recipes import denoising
+
+    noise, level = denoising.RECIPE["main"]
+    model, history = denoising.run(session, functions[_NOISES[noise]], level,
+                                   loss=functions[_DAE_LOSSES[denoising.RECIPE["loss"]]],
+                                   dae_loss=functions["dae_loss"], epochs=epochs, live_plot=False,
+                                   progress=replicas.is_main, desc="DAE pretrain", replicas=replicas, shards=shards,
+                                   checkpoint=checkpoint)
+    return model.encoder, history
+
+
+_MASKS = {"central": "central_mask", "random blocks": "random_block_mask", "random regions": "random_region_mask"}
+_CONTEXT_LOSSES = ("masked_input", "reconstruction_loss", "discriminator_loss", "generator_loss",
+                   "context_encoder_loss")
+
+
+def _context_encoder_train(session, functions, replicas, shards, epochs, checkpoint):
+    from .recipes import context_encoder
+
+    model, history = context_encoder.run(session, functions[_MASKS[context_encoder.RECIPE["mask"]]],
+                                         **{name: functions[name] for name in _CONTEXT_LOSSES}, epochs=epochs,
+                                         live_plot=False, progress=replicas.is_main, desc="context encoder pretrain",
+                                         replicas=replicas, shards=shards, checkpoint=checkpoint)
+    return model.encoder, history
+
+
+def _whole_set(session):
+    return session.data
+
+
 METHODS: dict[str, Method] = {
+    "denoising": Method("01_denoising_autoencoders", (*_NOISES.values(), *_DAE_LOSSES.values(), "dae_loss"),
+                        _denoising_train, _whole_set, lambda budget: budget.batch_size),
+    "context_encoder": Method("02_context_encoders", (*_MASKS.values(), *_CONTEXT_LOSSES), _context_encoder_train,
+                              _whole_set, lambda budget: budget.batch_size),
     "moco": Method("07_moco", ("moco_step", "moco_infonce", "momentum_update", "enqueue_dequeue"),
                    _moco_train, _moco_images, _moco_batch),
-    "rotation": Method("05_rotation", ("rotate_batch", "rotnet_loss"), _rotation_train,
-                       lambda session: session.data, _rotation_batch),
+    "rotation": Method("05_rotation", ("rotate_batch", "rotnet_loss"), _rotation_train, _whole_set,
+                       _rotation_batch),
 }
 
 

@@ -325,3 +325,17 @@ def test_rotation_pretrains_on_two_processes(runs):
     b = json.loads((out / "rotation-smoke.json").read_text())
     assert [e["loss"] for e in b["curve"]] == pytest.approx([e["loss"] for e in a["curve"]], rel=0.02)
     assert results.load_reference_encoder("rotation", "smoke", source=out).metrics["processes"] == 2
+
+
+@pytest.mark.parametrize("method", ["denoising", "context_encoder"])
+def test_the_reconstructive_recipes_pretrain_on_two_processes(runs, method):
+    """The joint GAN loss of 02 (three networks, one backward) and 01's per-process corruptions run under DDP."""
+    root, env, _, _ = runs
+    out = root / method
+    log = _pretrain(out, env, processes=2, method=method)
+    assert "2 process(es) on cpu (gloo)" in log and f"sslcourse pretrain {method}: kNN" in log
+    metrics = json.loads((out / f"{method}-smoke.json").read_text())
+    assert metrics["processes"] == 2 and len(metrics["curve"]) >= 1
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in metrics["curve"])
+    run = results.load_reference_encoder(method, "smoke", source=out)
+    run.load_encoder(make_backbone(make_budget("smoke")))    # the encoder is the course's backbone

@@ -31,6 +31,7 @@ from torch import nn
 from . import count_train_images, flipped_batches, lookup_expected
 from .. import evaluate, models, train
 from ..budget import Budget
+from ..distributed import SINGLE, Replicas
 from ..data import DeviceBatches, ImageDataset, to_float
 from ..plots import LivePlot
 from ..train import NonFiniteLossError
@@ -112,9 +113,11 @@ def train_images(data: ImageDataset, budget: Budget) -> int:
     return count_train_images(data, budget, RECIPE["train_images"])
 
 
-def loader(data: ImageDataset, budget: Budget, device, seed: int = 0) -> DeviceBatches:
+def loader(data: ImageDataset, budget: Budget, device, seed: int = 0, *, replicas: Replicas = SINGLE,
+           shards: int | None = None) -> DeviceBatches:
     """Flipped training images in [0, 1] (not normalised: they are the targets), ``budget.batch_size`` per step."""
-    return flipped_batches(data, budget, device, limits=RECIPE["train_images"], flip=RECIPE["flip"], seed=seed)
+    return flipped_batches(data, budget, device, limits=RECIPE["train_images"], flip=RECIPE["flip"], seed=seed,
+                           replicas=replicas, shards=shards)
 
 
 def optimizer_and_schedule(model: ContextEncoder, epochs: int, steps_per_epoch: int, lr_scale: float = 1.0):
@@ -194,7 +197,8 @@ def run(session, make_mask: Callable, *, masked_input: Callable, reconstruction_
         lambda_adv: float | None = None, lambda_rec: float | None = None, fraction: float | None = None,
         data: ImageDataset | None = None, epochs: int | None = None, lr_scale: float = 1.0,
         live_plot: bool = True, progress: bool = True, desc: str | None = None,
-        deadline_s: float | None = None) -> tuple[ContextEncoder, train.History]:
+        deadline_s: float | None = None, replicas: Replicas = SINGLE, shards: int | None = None,
+        checkpoint=None) -> tuple[ContextEncoder, train.History]:
     """Train a context encoder on holes from ``make_mask`` with the student's losses; return ``(model, history)``.
 
     Args:
@@ -208,7 +212,9 @@ def run(session, make_mask: Callable, *, masked_input: Callable, reconstruction_
             still learns, and its loss says how easily it tells the fills from real images).
         lambda_rec, fraction: default ``RECIPE``'s. ``data``: default ``session.data``.
         epochs: default ``RECIPE["epochs"]``. ``lr_scale`` multiplies both learning rates (the divergence test).
-        live_plot, progress, desc, deadline_s: passed to :func:`sslcourse.train.fit`.
+        live_plot, progress, desc, deadline_s, checkpoint: passed to :func:`sslcourse.train.fit`.
+        replicas, shards: training on several processes (``sslcourse pretrain`` under ``torchrun``); each
+            process draws its own corruptions (its own random stream) for its part of the batch.
 
     λ_adv: Pathak et al. used λ_rec = 0.999, λ_adv = 0.001 with a *mean* squared error over the hole. Our
     L_rec is the formula's sum over the hole (768 entries for a quarter of a 32×32 RGB image), so the same
@@ -234,10 +240,10 @@ def run(session, make_mask: Callable, *, masked_input: Callable, reconstruction_
         got = f"{probe_mask.dtype} {tuple(probe_mask.shape)}" if isinstance(probe_mask, torch.Tensor) else type(probe_mask).__name__
         raise ValueError(f"make_mask(2, {size}, {fraction}, generator) must return a bool mask [2, 1, {size}, {size}], got {got}.")
     model = new_context_encoder(budget, data, session.seed)
-    batches = loader(data, budget, device, seed=session.seed)
+    batches = loader(data, budget, device, seed=session.seed, replicas=replicas, shards=shards)
     epochs = budget.pick(**RECIPE["epochs"]) if epochs is None else epochs
     optimizer, scheduler = optimizer_and_schedule(model, epochs, len(batches), lr_scale)
-    generator = torch.Generator(device=device).manual_seed(session.seed + 1)   # the masks' own stream
+    generator = torch.Generator(device=device).manual_seed(session.seed + 1 + 7919 * replicas.rank)   # the masks' own stream
     watch = DivergenceWatch(lambda_adv)
 
     def loss_fn(model, batch):
@@ -259,7 +265,8 @@ def run(session, make_mask: Callable, *, masked_input: Callable, reconstruction_
                     enabled=None if live_plot else False)
     try:
         history = train.fit(model, loss_fn, batches, optimizer, epochs, device=device, scheduler=scheduler,
-                            live_plot=plot, progress=progress, desc=desc, deadline_s=deadline_s)
+                            live_plot=plot, progress=progress, desc=desc, deadline_s=deadline_s,
+                            replicas=replicas, checkpoint=checkpoint)
     except AdversarialDivergenceError:
         raise
     except NonFiniteLossError as error:        # the sum went non-finite between two reads of the watch

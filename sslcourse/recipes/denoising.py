@@ -25,6 +25,7 @@ from torch import nn
 from . import count_train_images, flipped_batches, lookup_expected
 from .. import evaluate, models, train
 from ..budget import Budget
+from ..distributed import SINGLE, Replicas
 from ..data import DeviceBatches, ImageDataset, to_float
 from ..plots import LivePlot
 
@@ -120,9 +121,11 @@ def train_images(data: ImageDataset, budget: Budget) -> int:
     return count_train_images(data, budget, RECIPE["train_images"])
 
 
-def loader(data: ImageDataset, budget: Budget, device, seed: int = 0) -> DeviceBatches:
+def loader(data: ImageDataset, budget: Budget, device, seed: int = 0, *, replicas: Replicas = SINGLE,
+           shards: int | None = None) -> DeviceBatches:
     """Flipped training images in [0, 1] (not normalised: they are the clean targets), ``budget.batch_size`` per step."""
-    return flipped_batches(data, budget, device, limits=RECIPE["train_images"], flip=RECIPE["flip"], seed=seed)
+    return flipped_batches(data, budget, device, limits=RECIPE["train_images"], flip=RECIPE["flip"], seed=seed,
+                           replicas=replicas, shards=shards)
 
 
 def optimizer_and_schedule(model: nn.Module, budget: Budget, epochs: int, steps_per_epoch: int):
@@ -136,7 +139,8 @@ def optimizer_and_schedule(model: nn.Module, budget: Budget, epochs: int, steps_
 def run(session, noise: Callable, level: float, *, loss: Callable, dae_loss: Callable, alpha: float | None = None,
         beta: float | None = None, data: ImageDataset | None = None, epochs: int | None = None,
         monitor: bool = False, random_init: dict | None = None, live_plot: bool = True, progress: bool = True,
-        desc: str | None = None, deadline_s: float | None = None) -> tuple[DenoisingAutoencoder, train.History]:
+        desc: str | None = None, deadline_s: float | None = None, replicas: Replicas = SINGLE,
+        shards: int | None = None, checkpoint=None) -> tuple[DenoisingAutoencoder, train.History]:
     """Train a denoising autoencoder on ``noise`` at ``level`` with the student's loss; return ``(model, history)``.
 
     Args:
@@ -150,7 +154,9 @@ def run(session, noise: Callable, level: float, *, loss: Callable, dae_loss: Cal
         monitor: probe the encoder after every epoch (:func:`probe`: ``"knn"`` and ``"linear"`` join the
             epoch's record), to watch whether the features improve while the reconstruction does.
         random_init: the random-init encoder's probe, drawn as dashed baselines in the live plot.
-        live_plot, progress, desc, deadline_s: passed to :func:`sslcourse.train.fit`.
+        live_plot, progress, desc, deadline_s, checkpoint: passed to :func:`sslcourse.train.fit`.
+        replicas, shards: training on several processes (``sslcourse pretrain`` under ``torchrun``); each
+            process draws its own corruptions (its own random stream) for its part of the batch.
 
     Records ``"pixel mse"`` per step: the mean squared error of the reconstruction over all entries,
     comparable between losses and emphases (the losses themselves are not).
@@ -162,10 +168,10 @@ def run(session, noise: Callable, level: float, *, loss: Callable, dae_loss: Cal
     probe_x = to_float(data.train_x[:2])
     noise(probe_x, level, torch.Generator().manual_seed(0))   # fail here, naming the exercise, not inside fit
     model = new_dae(budget, data, session.seed)
-    batches = loader(data, budget, device, seed=session.seed)
+    batches = loader(data, budget, device, seed=session.seed, replicas=replicas, shards=shards)
     epochs = budget.pick(**RECIPE["epochs"]) if epochs is None else epochs
     optimizer, scheduler = optimizer_and_schedule(model, budget, epochs, len(batches))
-    generator = torch.Generator(device=device).manual_seed(session.seed + 1)   # the corruption's own stream
+    generator = torch.Generator(device=device).manual_seed(session.seed + 1 + 7919 * replicas.rank)   # the corruption's own stream
     corrupt = corruption(noise, level, generator)
     emphasized = float32_loss(loss, alpha, beta)
 
@@ -181,7 +187,7 @@ def run(session, noise: Callable, level: float, *, loss: Callable, dae_loss: Cal
                     metrics=("knn", "linear"), enabled=None if live_plot else False)
     history = train.fit(model, loss_fn, batches, optimizer, epochs, device=device, scheduler=scheduler,
                         on_epoch_end=on_epoch_end, live_plot=plot, progress=progress, desc=desc,
-                        deadline_s=deadline_s)
+                        deadline_s=deadline_s, replicas=replicas, checkpoint=checkpoint)
     return model, history
 
 
