@@ -173,6 +173,19 @@ def save_run(name: str, metrics: Mapping[str, Any], encoder: nn.Module | None = 
     return path
 
 
+def _load_state_dict(weights: Path, problem: str, advice: str) -> dict:
+    """``torch.load(weights, weights_only=True)``, which runs no code from the file; anything but a state_dict,
+    or a file that does not load, raises :class:`CorruptedRunError` with ``problem``, the cause and ``advice``."""
+    try:
+        state_dict = torch.load(weights, map_location="cpu", weights_only=True)
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"expected a state_dict, found a {type(state_dict).__name__}")
+    except Exception as error:
+        cause = str(error).splitlines()[0] if str(error) else ""
+        raise CorruptedRunError(f"{problem} ({type(error).__name__}: {cause}). {advice}".rstrip()) from error
+    return state_dict
+
+
 def list_runs(budget: Budget | str | None = None) -> list[str]:
     """Names of the runs saved under the active preset (or ``budget``), sorted."""
     folder = _run_dir(_preset_name(budget))
@@ -208,13 +221,7 @@ def load_run(name: str, budget: Budget | str | None = None) -> Run:
     if record.get("encoder") is not None:
         if not weights.exists():
             raise CorruptedRunError(f"Run {name!r} says it saved an encoder, but {weights} is missing. {redo}")
-        try:
-            state_dict = torch.load(weights, map_location="cpu", weights_only=True)
-            if not isinstance(state_dict, dict):
-                raise TypeError(f"expected a state_dict, found a {type(state_dict).__name__}")
-        except Exception as error:
-            raise CorruptedRunError(f"The encoder file {weights} is corrupted ({type(error).__name__}: "
-                                    f"{str(error).splitlines()[0] if str(error) else ''}). {redo}") from error
+        state_dict = _load_state_dict(weights, f"The encoder file {weights} is corrupted", redo)
     info = {k: v for k, v in record.items() if k != "metrics"}
     return Run(name=name, metrics=_numeric_keys(metrics), state_dict=state_dict, preset=preset, info=info)
 
@@ -282,13 +289,7 @@ def load_reference_encoder(method: str, budget: Budget | str | None = None, sour
         raise CorruptedRunError(
             f"The reference encoder {weights} does not match its manifest: expected sha256 {expected}, got {got}. "
             "The file was damaged or replaced; it is not loaded. Delete it and load again, or ask your instructor.")
-    try:
-        state_dict = torch.load(weights, map_location="cpu", weights_only=True)
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"expected a state_dict, found a {type(state_dict).__name__}")
-    except Exception as error:
-        raise CorruptedRunError(f"The reference encoder {weights} cannot be loaded ({type(error).__name__}: "
-                                f"{str(error).splitlines()[0] if str(error) else ''}).") from error
+    state_dict = _load_state_dict(weights, f"The reference encoder {weights} cannot be loaded", "")
     info = {k: v for k, v in entry.items() if k != "metrics"} | {"source": source}
     return Run(name=f"reference {method}", metrics=_numeric_keys(dict(entry.get("metrics", {}))),
                state_dict=state_dict, preset=preset, info=info)
