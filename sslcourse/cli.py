@@ -6,7 +6,8 @@
     sslcourse check-submissions [DIR]            list submissions that lost their nbgrader metadata
     sslcourse restore-metadata SUBMISSION RELEASE  copy the metadata back from the release (by cell id)
     sslcourse autograde ID [--course DIR] [--jobs N] [--db URL] [--no-sandbox] [--sandbox-LIMIT N]
-                           [-- NBGRADER ARGS]    nbgrader autograde ID, N submissions at a time, each kernel
+                           [-- NBGRADER ARGS]    nbgrader autograde ID, N submissions at a time (default:
+                                                 the cores), each kernel
                                                  in the sandbox (sslcourse.sandbox), then the grading report;
                                                  a second call grades only what is new or failed
     sslcourse report ID [--course DIR] [--db URL]  the grading report alone: reports/ID.md and .csv
@@ -109,17 +110,15 @@ def autograde(assignment: str, course: str, extra: list[str], *, sandbox: bool =
 
     from . import environment
     from . import sandbox as box
-    from .autograde import grade_all, submissions, to_grade
+    from .autograde import default_jobs, grade_all, submissions, to_grade
 
     course_path = Path(course).resolve()
-    # One at a time unless asked: every sandboxed kernel runs as the same uid, and RLIMIT_NPROC counts that
-    # uid's processes across kernels, so a fork bomb in one submission would starve another graded beside it.
-    jobs = 1 if jobs is None else jobs
-    if jobs < 1:
-        raise SystemExit(f"sslcourse autograde: --jobs must be at least 1, got {jobs}")
+    # As many at a time as there are cores: each worker's kernels run as a uid of their own
+    # (sandbox.sandbox_uid), so RLIMIT_NPROC, which counts a uid's processes, is each kernel's own.
+    jobs = min(default_jobs(), box.MAX_WORKERS) if jobs is None else jobs
+    if not 1 <= jobs <= box.MAX_WORKERS:
+        raise SystemExit(f"sslcourse autograde: --jobs must be between 1 and {box.MAX_WORKERS}, got {jobs}")
     limits = dict(limits or {})
-    if limits.get("processes") is None:   # the sandbox uid's process limit is shared by the N kernels
-        limits["processes"] = box.Limits().processes * jobs
     try:
         settings = box.limits_from(limits)
     except ValueError as error:
@@ -145,7 +144,7 @@ def autograde(assignment: str, course: str, extra: list[str], *, sandbox: bool =
                                                         package_parent=Path(__file__).resolve().parent.parent,
                                                         data=data)
             log = course_path / "reports" / "sandbox" / assignment
-            runtime = box.prepare(Path(scratch), data=data, env=kernel_env, log=log, limits=settings)
+            runtime = box.prepare(Path(scratch), data=data, env=kernel_env, log=log, limits=settings, workers=jobs)
             env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(Path(scratch, "jupyter")),
                                                                 env.get("JUPYTER_PATH")]))
             env["JUPYTER_RUNTIME_DIR"] = str(runtime)
@@ -193,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("assignment")
     p.add_argument("--course", default=".", help="the course folder (default: here)")
     p.add_argument("--jobs", type=int, metavar="N",
-                   help="grade N submissions at once (default 1; up to the cores, %d here, for a trusted class: "
-                        "sandboxed kernels share one uid and its process limit)" % (os.cpu_count() or 1))
+                   help="grade N submissions at once (default: the cores, %d here; each worker's sandboxed kernels "
+                        "run as a uid of their own)" % (os.cpu_count() or 1))
     p.add_argument("--db", metavar="URL", help="the gradebook's URL (nbgrader's db_url), e.g. postgresql://host/course")
     p.add_argument("--no-sandbox", action="store_true",
                    help="run kernels unconfined, as plain nbgrader does (only for trusted submissions)")

@@ -33,6 +33,9 @@ Other isolation
                 unprivileged uid (:data:`SANDBOX_UID`, no capabilities, no new privileges):
                 root ignores RLIMIT_NPROC and could read whatever is mounted. The submission
                 folder and the connection file are lent to that uid and given back after.
+                With ``--jobs N`` worker ``w`` uses uid ``SANDBOX_UID - w`` (:func:`sandbox_uid`),
+                so RLIMIT_NPROC, which counts a uid's processes, is each kernel's own: a fork
+                bomb in one submission cannot starve another graded beside it.
                 Run as another user, bwrap adds a user namespace instead.
     environment cleared; the kernel gets only :func:`sslcourse.environment.kernel_environment`.
 
@@ -58,16 +61,34 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-__all__ = ["KERNEL_NAME", "SANDBOX_UID", "Limits", "why_not", "bwrap_command", "prepare", "nbgrader_args",
+__all__ = ["KERNEL_NAME", "SANDBOX_UID", "MAX_WORKERS", "sandbox_uid", "is_sandbox_uid", "kernel_name", "Limits",
+           "why_not", "bwrap_command", "prepare", "nbgrader_args",
            "give_back_folders"]
 
 KERNEL_NAME = "sslcourse-sandbox"
-SANDBOX_UID = 65533          # "nobody"-like: owns nothing on the host
+SANDBOX_UID = 65533          # "nobody"-like: owns nothing on the host (worker 0; worker w: SANDBOX_UID - w)
+MAX_WORKERS = 64             # uids SANDBOX_UID - 63 .. SANDBOX_UID
 BWRAP = "/usr/bin/bwrap"
 SETPRIV = "/usr/bin/setpriv"
 PACKAGE = Path(__file__).resolve().parent
 TERMINAL_LIMIT = 2**20       # bytes of the kernel's own stdout/stderr passed on to the grader's terminal
 OUTPUT_NOTE = "[sslcourse sandbox: output stopped after {} MiB]"
+
+
+def sandbox_uid(worker: int = 0) -> int:
+    """The uid worker ``worker`` of ``sslcourse autograde --jobs N`` drops its kernels to (as root)."""
+    if not 0 <= worker < MAX_WORKERS:
+        raise ValueError(f"sandbox worker must be in [0, {MAX_WORKERS}), got {worker}")
+    return SANDBOX_UID - worker
+
+
+def is_sandbox_uid(uid: int) -> bool:
+    return SANDBOX_UID - MAX_WORKERS < uid <= SANDBOX_UID
+
+
+def kernel_name(worker: int = 0) -> str:
+    """The kernelspec of worker ``worker``: ``sslcourse-sandbox``, ``sslcourse-sandbox-1``, ..."""
+    return KERNEL_NAME if worker == 0 else f"{KERNEL_NAME}-{worker}"
 
 
 @dataclass(frozen=True)
@@ -167,7 +188,8 @@ def _parent_folders(paths: list[Path]) -> list[str]:
 
 
 def bwrap_command(*, cwd: Path, data: Path, runtime: Path, connection_file: str, env: dict[str, str],
-                  limits: Limits, as_root: bool, program: list[str] | None = None) -> list[str]:
+                  limits: Limits, as_root: bool, program: list[str] | None = None,
+                  uid: int = SANDBOX_UID) -> list[str]:
     """The whole command line: bwrap, its mounts and namespaces, then (as root) setpriv, then the kernel
     (or ``program``, which :func:`why_not` uses to try the very same sandbox)."""
     cmd = [BWRAP, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
@@ -188,7 +210,7 @@ def bwrap_command(*, cwd: Path, data: Path, runtime: Path, connection_file: str,
     for name, value in sorted(env.items()):
         cmd += ["--setenv", name, value]
     if as_root:
-        cmd += [SETPRIV, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+        cmd += [SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
     if program is not None:
         return cmd + program
@@ -199,8 +221,8 @@ def bwrap_command(*, cwd: Path, data: Path, runtime: Path, connection_file: str,
 def _set_limits(limits: Limits) -> None:
     """Resource limits for bwrap and everything below it (soft = hard: the submission cannot raise them).
 
-    RLIMIT_NPROC only when run as root: the kernel then runs as :data:`SANDBOX_UID`, whose processes are
-    the sandbox's alone. For another user it would count every process of that user on the host.
+    RLIMIT_NPROC only when run as root: the kernel then runs as its worker's :func:`sandbox_uid`, whose
+    processes are that kernel's alone. For another user it would count every process of that user on the host.
     """
     limited = [(resource.RLIMIT_AS, limits.memory_mib * 2**20), (resource.RLIMIT_FSIZE, limits.file_mib * 2**20),
                (resource.RLIMIT_CPU, limits.cpu_s), (resource.RLIMIT_CORE, 0)]
@@ -221,23 +243,23 @@ def _tree(top: Path) -> list[Path]:
     return found
 
 
-def _lend(paths: list[Path]) -> list[tuple[Path, int, int]]:
-    """chown the paths (recursively) to the sandbox uid; returns the old owners."""
+def _lend(paths: list[Path], uid: int) -> list[tuple[Path, int, int]]:
+    """chown the paths (recursively) to the sandbox uid ``uid``; returns the old owners."""
     owners = []
     for top in paths:
         for path in _tree(top):
             st = path.lstat()
             owners.append((path, st.st_uid, st.st_gid))
-            os.lchown(path, SANDBOX_UID, SANDBOX_UID)
+            os.lchown(path, uid, uid)
     return owners
 
 
 def give_back_folders(folders: list[Path]) -> None:
-    """Whatever the sandbox uid owns below ``folders`` belongs to us (the grader) again."""
+    """Whatever a sandbox uid owns below ``folders`` belongs to us (the grader) again."""
     for folder in folders:
         for path in _tree(folder):
             try:
-                if path.lstat().st_uid == SANDBOX_UID:
+                if is_sandbox_uid(path.lstat().st_uid):
                     os.lchown(path, os.geteuid(), os.getegid())
             except OSError:
                 pass
@@ -265,8 +287,9 @@ def _forward(stream, limit: int, dropped: list[int]) -> None:
         passed += len(chunk)
 
 
-def run(config: dict, connection_file: str) -> int:
-    """Start the sandboxed kernel here (the submission folder), wait at most ``wall_s``, clean up, log."""
+def run(config: dict, connection_file: str, worker: int = 0) -> int:
+    """Start the sandboxed kernel here (the submission folder), as worker ``worker``'s uid, wait at most
+    ``wall_s``, clean up, log."""
     limits = Limits(**config["limits"])
     cwd, runtime, data = Path.cwd().resolve(), Path(config["runtime"]), Path(config["data"])
     as_root = os.geteuid() == 0
@@ -275,9 +298,10 @@ def run(config: dict, connection_file: str) -> int:
     inside = runtime / f"sandbox-{Path(connection_file).name}"
     inside.write_bytes(Path(connection_file).read_bytes())
     inside.chmod(0o600)
-    owners = _lend([cwd, inside]) if as_root else []
+    uid = sandbox_uid(worker)
+    owners = _lend([cwd, inside], uid) if as_root else []
     cmd = bwrap_command(cwd=cwd, data=data, runtime=runtime, connection_file=str(inside), env=config["env"],
-                        limits=limits, as_root=as_root)
+                        limits=limits, as_root=as_root, uid=uid)
     # Interrupts come as messages (the kernelspec's interrupt_mode), which ipykernel turns into a
     # SIGINT to itself. A SIGINT sent to our process group must not end bwrap, and with it the kernel;
     # ipykernel installs its own SIGINT handler while a cell runs, so ignoring it here is inherited harmlessly.
@@ -360,8 +384,10 @@ def _readable_by_all(folder: Path) -> bool:
     return all(path.stat().st_mode & 0o004 for path in folder.iterdir() if path.is_file())
 
 
-def prepare(scratch: Path, *, data: Path, env: dict[str, str], log: Path | None, limits: Limits) -> Path:
-    """Write the kernelspec and its configuration under ``scratch``; returns the runtime folder.
+def prepare(scratch: Path, *, data: Path, env: dict[str, str], log: Path | None, limits: Limits,
+            workers: int = 1) -> Path:
+    """Write the kernelspecs (one per worker, :func:`kernel_name`) and their configuration under ``scratch``;
+    returns the runtime folder.
 
     Put ``scratch / "jupyter"`` first on ``JUPYTER_PATH`` and the runtime folder in
     ``JUPYTER_RUNTIME_DIR``, and pass :func:`nbgrader_args` to nbgrader.
@@ -371,7 +397,8 @@ def prepare(scratch: Path, *, data: Path, env: dict[str, str], log: Path | None,
     runtime.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         os.chmod(scratch, 0o755)                         # the sandbox uid must reach runtime/
-        os.chown(runtime, SANDBOX_UID, SANDBOX_UID)      # the kernel binds its sockets there
+        # every worker's uid binds its kernel's sockets there; the sticky bit keeps each uid's files its own
+        os.chmod(runtime, 0o1777)
     data = Path(data).resolve()
     if os.geteuid() == 0 and data.is_dir() and not _readable_by_all(data):
         # The sandbox uid could not even look into it, and every notebook would fail on its first
@@ -383,24 +410,27 @@ def prepare(scratch: Path, *, data: Path, env: dict[str, str], log: Path | None,
     config = {"runtime": str(runtime), "data": str(data), "env": env,
               "log": str(log) if log else None, "limits": asdict(limits)}
     (scratch / "sandbox.json").write_text(json.dumps(config, indent=1))
-    spec = scratch / "jupyter" / "kernels" / KERNEL_NAME
-    spec.mkdir(parents=True, exist_ok=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, str(Path(__file__).resolve()), "--config", str(scratch / "sandbox.json"),
-                 "-f", "{connection_file}"],
-        "display_name": "Python 3 (sslcourse sandbox)", "language": "python", "interrupt_mode": "message",
-        "metadata": {"debugger": False}}, indent=1))
+    for worker in range(workers):
+        sandbox_uid(worker)                              # refuses more workers than uids
+        spec = scratch / "jupyter" / "kernels" / kernel_name(worker)
+        spec.mkdir(parents=True, exist_ok=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, str(Path(__file__).resolve()), "--config", str(scratch / "sandbox.json"),
+                     "--worker", str(worker), "-f", "{connection_file}"],
+            "display_name": "Python 3 (sslcourse sandbox)", "language": "python", "interrupt_mode": "message",
+            "metadata": {"debugger": False}}, indent=1))
     return runtime
 
 
 def nbgrader_args(runtime: Path, worker: int = 0) -> list[str]:
     """What nbgrader needs to use the sandbox: the kernel, and ZMQ over unix sockets in ``runtime``.
 
-    ``worker`` names the sockets of one of several nbgrader processes running at once
-    (``sslcourse autograde --jobs``): jupyter_client picks the first free socket names, and two
-    kernels starting together would otherwise pick the same ones.
+    ``worker`` picks the kernelspec of one of several nbgrader processes running at once
+    (``sslcourse autograde --jobs``: its own uid, see :func:`sandbox_uid`) and names its sockets apart:
+    jupyter_client picks the first free socket names, and two kernels starting together would
+    otherwise pick the same ones.
     """
-    return [f"--Execute.kernel_name={KERNEL_NAME}", "--KernelManager.transport=ipc",
+    return [f"--Execute.kernel_name={kernel_name(worker)}", "--KernelManager.transport=ipc",
             f"--KernelManager.ip={runtime}/kernel{worker}", "--Execute.interrupt_on_timeout=True"]
 
 
@@ -417,8 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run an IPython kernel in the sslcourse sandbox.")
     parser.add_argument("-f", required=True, help="the connection file")
     parser.add_argument("--config", required=True, help="the sandbox.json written by prepare()")
+    parser.add_argument("--worker", type=int, default=0, help="which autograde worker: its uid is SANDBOX_UID - worker")
     args = parser.parse_args(argv)
-    return run(json.loads(Path(args.config).read_text()), args.f)
+    return run(json.loads(Path(args.config).read_text()), args.f, args.worker)
 
 
 if __name__ == "__main__":

@@ -301,13 +301,14 @@ def test_the_report_names_the_sandbox_violations(graded):
 
 
 def test_no_sandbox_process_survives(graded):
-    ps = subprocess.run(["ps", "-o", "pid=,cmd=", "-u", str(sandbox.SANDBOX_UID)], capture_output=True, text=True)
+    uids = ",".join(str(sandbox.sandbox_uid(w)) for w in range(sandbox.MAX_WORKERS))
+    ps = subprocess.run(["ps", "-o", "pid=,cmd=", "-u", uids], capture_output=True, text=True)
     assert ps.stdout.strip() == "", ps.stdout
 
 
 def test_submission_folders_given_back(graded):
     """Lent to the sandbox uid while the kernel ran, the autograded folders belong to the grader again."""
-    lent = [p for p in (graded["course"] / "autograded").rglob("*") if p.lstat().st_uid == sandbox.SANDBOX_UID]
+    lent = [p for p in (graded["course"] / "autograded").rglob("*") if sandbox.is_sandbox_uid(p.lstat().st_uid)]
     assert not lent, lent
 
 
@@ -409,3 +410,25 @@ def test_why_not_tries_the_real_command_and_says_what_failed(tmp_path, monkeypat
         assert "Unknown option --size" in sandbox.why_not()
     monkeypatch.setattr(sandbox, "BWRAP", str(tmp_path / "missing"))
     assert "not installed" in sandbox.why_not() or not sys.platform.startswith("linux")
+
+
+def test_each_worker_has_its_own_kernelspec_and_uid(tmp_path):
+    """--jobs N: worker w's kernels run as SANDBOX_UID - w, so RLIMIT_NPROC (per uid) is each kernel's own."""
+    runtime = sandbox.prepare(tmp_path / "scratch", data=tmp_path / "data", env={}, log=None,
+                              limits=sandbox.Limits(), workers=3)
+    uids = set()
+    for worker in range(3):
+        spec = json.loads((tmp_path / "scratch" / "jupyter" / "kernels" / sandbox.kernel_name(worker)
+                           / "kernel.json").read_text())
+        assert spec["argv"][spec["argv"].index("--worker") + 1] == str(worker)
+        args = sandbox.nbgrader_args(runtime, worker)
+        assert f"--Execute.kernel_name={sandbox.kernel_name(worker)}" in args
+        assert f"--KernelManager.ip={runtime}/kernel{worker}" in args
+        cmd = sandbox.bwrap_command(cwd=tmp_path, data=tmp_path / "data", runtime=runtime, connection_file="",
+                                    env={}, limits=sandbox.Limits(), as_root=True, uid=sandbox.sandbox_uid(worker))
+        uids.add(next(a for a in cmd if a.startswith("--reuid=")))
+    assert uids == {f"--reuid={sandbox.SANDBOX_UID - w}" for w in range(3)}
+    assert all(sandbox.is_sandbox_uid(sandbox.sandbox_uid(w)) for w in range(sandbox.MAX_WORKERS))
+    assert not sandbox.is_sandbox_uid(0) and not sandbox.is_sandbox_uid(sandbox.SANDBOX_UID + 1)
+    with pytest.raises(ValueError, match="sandbox worker must be in"):
+        sandbox.sandbox_uid(sandbox.MAX_WORKERS)
