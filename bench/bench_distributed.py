@@ -48,7 +48,7 @@ def pretrain(method: str, processes: int, shards: int, args, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", default="moco", choices=["denoising", "context_encoder", "rotation", "moco"])
+    parser.add_argument("--method", default="moco", choices=["denoising", "context_encoder", "relative_position", "rotation", "moco"])
     parser.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
     parser.add_argument("--processes", type=int, default=2, help="N, the processes of the parallel side")
     parser.add_argument("--epochs", type=int, default=2)

@@ -34,6 +34,7 @@ from . import distributed, evaluate
 from .budget import make_budget
 from .data import load_dataset
 from .files import atomic_write, file_sha256, to_plain, torch_save_atomic
+from .reference_encoder import PROBE_INPUTS
 from .session import Session, seed_everything
 
 __all__ = ["Method", "METHODS", "functions_from_notebook", "pretrain", "MANIFEST", "add_to_manifest"]
@@ -59,6 +60,7 @@ class Method:
     train: Callable
     images: Callable
     global_batch: Callable
+    probe_input: str | None = None     # a key of reference_encoder.PROBE_INPUTS, where the probe is not on 32-px images
 
 
 def _moco_train(session, functions, replicas, shards, epochs, checkpoint):
@@ -129,6 +131,17 @@ def _context_encoder_train(session, functions, replicas, shards, epochs, checkpo
     return model.encoder, history
 
 
+def _relative_position_train(session, functions, replicas, shards, epochs, checkpoint):
+    from .recipes import patch_position
+
+    model, history = patch_position.run_relative_position(
+        session, patch_position.SETTINGS["gap + jitter, full colour"], grid_patches=functions["grid_patches"],
+        sample_pairs=functions["sample_pairs"], pair_logits=functions["pair_logits"], epochs=epochs, live_plot=False,
+        progress=replicas.is_main, desc="relative position pretrain", replicas=replicas, shards=shards,
+        checkpoint=checkpoint)
+    return model.encoder, history
+
+
 def _whole_set(session):
     return session.data
 
@@ -140,6 +153,9 @@ METHODS: dict[str, Method] = {
                               _whole_set, lambda budget: budget.batch_size),
     "moco": Method("07_moco", ("moco_step", "moco_infonce", "momentum_update", "enqueue_dequeue"),
                    _moco_train, _moco_images, _moco_batch),
+    "relative_position": Method("04_patch_position", ("grid_patches", "sample_pairs", "pair_logits"),
+                                _relative_position_train, _whole_set, lambda budget: budget.batch_size,
+                                probe_input="upsampled to 64 px"),
     "rotation": Method("05_rotation", ("rotate_batch", "rotnet_loss"), _rotation_train, _whole_set,
                        _rotation_batch),
 }
@@ -253,7 +269,9 @@ def _evaluate_and_save(spec: Method, method: str, name: str, backbone, history, 
     metrics and the manifest."""
     images = spec.images(session)
     device, budget = session.device, session.budget
-    train_f, test_f = (evaluate.extract_features(backbone, x, mean=images.mean, std=images.std, device=device)
+    features = PROBE_INPUTS[spec.probe_input] if spec.probe_input else None
+    train_f, test_f = (evaluate.extract_features(backbone, x, mean=images.mean, std=images.std, device=device,
+                                                 features=features)
                        for x in (images.train_x, images.test_x))
     train_y, test_y = images.train_y.to(train_f.device), images.test_y.to(train_f.device)
     knn = evaluate.knn_accuracy(train_f, train_y, test_f, test_y, k=200, temperature=0.1,
@@ -279,6 +297,7 @@ def _evaluate_and_save(spec: Method, method: str, name: str, backbone, history, 
     atomic_write(out / f"{name}.json", lambda p: p.write_text(json.dumps(metrics, indent=1, allow_nan=False)))
     add_to_manifest(out, f"{method}/{budget.name}", {
         "file": weights.name, "sha256": file_sha256(weights), "backbone": budget.backbone, "width": budget.width,
+        "features": spec.probe_input,
         "metrics": {k: metrics[k] for k in ("knn", "linear", "label_efficiency", "dataset", "processes", "device",
                                             "epochs", "minutes")}})
     print(f"sslcourse pretrain {method}: kNN {knn:.1f}%, linear {curve[1.0]:.1f}%, {per_second:.0f} images/s "

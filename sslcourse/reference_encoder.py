@@ -10,10 +10,23 @@ and returns ``None``: the notebook never depends on it.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from . import environment, evaluate, models, results
 from .budget import make_budget
 
-__all__ = ["probe"]
+__all__ = ["probe", "PROBE_INPUTS"]
+
+
+def _upsampled(encoder, x):
+    from .recipes.patch_position import upsampled
+
+    return encoder(upsampled(x))
+
+
+# How a method's encoder sees whole images when it is probed, where that is not the plain 32-px image: the
+# manifest entry's "features" names one of these (04's encoder learned on patches of images resized to 64 px).
+PROBE_INPUTS: dict[str, Callable] = {"upsampled to 64 px": _upsampled}
 
 
 def probe(method: str, session, *, preset: str = "gpu", source: str | None = None) -> dict | None:
@@ -35,7 +48,8 @@ def probe(method: str, session, *, preset: str = "gpu", source: str | None = Non
         print(f"reference encoder: refused. {error}")
         return None
     data = session.data
-    found = evaluate.evaluate_encoder(backbone, data, session.device,
+    features = PROBE_INPUTS.get(run.info.get("features") or "")
+    found = evaluate.evaluate_encoder(backbone, data, session.device, features=features,
                                       linear_iterations=session.budget.pick(smoke=10, cpu=100, gpu=100))
     theirs = run.metrics
     print(f"reference encoder '{method}/{run.preset}' ({run.info.get('backbone')}, trained on "

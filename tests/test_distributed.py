@@ -327,9 +327,10 @@ def test_rotation_pretrains_on_two_processes(runs):
     assert results.load_reference_encoder("rotation", "smoke", source=out).metrics["processes"] == 2
 
 
-@pytest.mark.parametrize("method", ["denoising", "context_encoder"])
-def test_the_reconstructive_recipes_pretrain_on_two_processes(runs, method):
-    """The joint GAN loss of 02 (three networks, one backward) and 01's per-process corruptions run under DDP."""
+@pytest.mark.parametrize("method", ["denoising", "context_encoder", "relative_position"])
+def test_the_other_recipes_pretrain_on_two_processes(runs, method):
+    """The joint GAN loss of 02 (three networks, one backward), 01's per-process corruptions and 04's per-process
+    patch positions run under DDP; 04's manifest says its probe sees images upsampled to 64 px."""
     root, env, _, _ = runs
     out = root / method
     log = _pretrain(out, env, processes=2, method=method)
@@ -339,3 +340,4 @@ def test_the_reconstructive_recipes_pretrain_on_two_processes(runs, method):
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in metrics["curve"])
     run = results.load_reference_encoder(method, "smoke", source=out)
     run.load_encoder(make_backbone(make_budget("smoke")))    # the encoder is the course's backbone
+    assert run.info["features"] == ("upsampled to 64 px" if method == "relative_position" else None)

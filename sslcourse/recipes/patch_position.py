@@ -35,6 +35,7 @@ from . import count_train_images, lookup_expected
 from .. import augment, evaluate, models, train
 from ..budget import Budget
 from ..data import DeviceBatches, ImageDataset, normalize, to_float
+from ..distributed import SINGLE, Replicas, ShardedBatches
 
 __all__ = ["NEIGHBOURS", "GEOMETRY", "SETTINGS", "RECIPE", "PROBE", "EXPECTED", "expected", "RelativePositionNet",
            "JigsawNet", "new_relative_position", "new_jigsaw", "random_encoder", "upsampled", "drop_colour",
@@ -168,11 +169,16 @@ def train_images(data: ImageDataset, budget: Budget) -> int:
     return count_train_images(data, budget, RECIPE["train_images"])
 
 
-def loader(data: ImageDataset, budget: Budget, device, *, images_per_step: int, seed: int = 0) -> DeviceBatches:
-    """Normalised, flipped training images, ``images_per_step`` per step (resized to 64 px by the loss)."""
+def loader(data: ImageDataset, budget: Budget, device, *, images_per_step: int, seed: int = 0,
+           replicas: Replicas = SINGLE, shards: int | None = None) -> DeviceBatches | ShardedBatches:
+    """Normalised, flipped training images, ``images_per_step`` per step (resized to 64 px by the loss).
+    With several processes (or ``shards``) each process serves its shards (``ShardedBatches``)."""
     n = train_images(data, budget)
-    return DeviceBatches(data.train_x[:n], data.train_y[:n], min(images_per_step, n), device,
-                         augment=augment.RandomHorizontalFlip(RECIPE["flip"]), mean=data.mean, std=data.std, seed=seed)
+    kwargs = dict(augment=augment.RandomHorizontalFlip(RECIPE["flip"]), mean=data.mean, std=data.std, seed=seed)
+    if replicas.active or shards is not None:
+        return ShardedBatches(data.train_x[:n], data.train_y[:n], min(images_per_step, n), device, replicas,
+                              shards=shards, **kwargs)
+    return DeviceBatches(data.train_x[:n], data.train_y[:n], min(images_per_step, n), device, **kwargs)
 
 
 def optimizer_and_schedule(model: nn.Module, epochs: int, steps_per_epoch: int):
@@ -209,7 +215,8 @@ def _generator(device, seed: int) -> torch.Generator:
 def run_relative_position(session, setting: dict, *, grid_patches: Callable, sample_pairs: Callable,
                           pair_logits: Callable, data: ImageDataset | None = None, epochs: int | None = None,
                           live_plot: bool = True, progress: bool = True, desc: str | None = None,
-                          deadline_s: float | None = None) -> tuple[RelativePositionNet, train.History]:
+                          deadline_s: float | None = None, replicas: Replicas = SINGLE, shards: int | None = None,
+                          checkpoint=None) -> tuple[RelativePositionNet, train.History]:
     """Train the relative-position task under one of :data:`SETTINGS`; return ``(model, history)``.
 
     Args:
@@ -219,17 +226,20 @@ def run_relative_position(session, setting: dict, *, grid_patches: Callable, sam
             (exercise 1a); ``sample_pairs``: ``(tiles, generator) -> (centre, neighbour, labels)`` (1b);
             ``pair_logits``: ``(model, centre, neighbour) -> [B, 8]`` (exercise 2).
         data: default ``session.data``. ``epochs``: default ``RECIPE["epochs"]``.
-        live_plot, progress, desc, deadline_s: passed to :func:`sslcourse.train.fit`.
+        live_plot, progress, desc, deadline_s, checkpoint: passed to :func:`sslcourse.train.fit`.
+        replicas, shards: several processes (``sslcourse pretrain relative_position`` under ``torchrun``); each
+            draws its own patch positions.
 
     Records per step ``"position acc"``, the percentage of pairs whose position was guessed right (as in the tables).
     """
     data = data if data is not None else session.data
     budget, device, setting = session.budget, session.device, _check_setting(setting)
     model = new_relative_position(budget, session.seed)
-    batches = loader(data, budget, device, images_per_step=budget.batch_size, seed=session.seed)
+    batches = loader(data, budget, device, images_per_step=budget.batch_size, seed=session.seed, replicas=replicas,
+                     shards=shards)
     epochs = budget.pick(**RECIPE["epochs"]) if epochs is None else epochs
     optimizer, scheduler = optimizer_and_schedule(model, epochs, len(batches))
-    generator = _generator(device, session.seed + 1)
+    generator = _generator(device, session.seed + 1 + 7919 * replicas.rank)
 
     def loss_fn(model, batch):
         images, _class_labels = batch      # thrown away: only the patches' positions teach
@@ -241,7 +251,7 @@ def run_relative_position(session, setting: dict, *, grid_patches: Callable, sam
 
     history = train.fit(model, loss_fn, batches, optimizer, epochs, device=device, scheduler=scheduler,
                         live_plot=live_plot, progress=progress, desc=desc or "relative position",
-                        deadline_s=deadline_s)
+                        deadline_s=deadline_s, replicas=replicas, checkpoint=checkpoint)
     return model, history
 
 
