@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--course", default=".", help="the course folder (default: here)")
     p.add_argument("--db", metavar="URL", help="the gradebook's URL (default: sqlite gradebook.db in the course)")
     p = sub.add_parser("pretrain", help="pretrain a method's reference encoder (under torchrun: on many processes)")
-    p.add_argument("method", choices=["denoising", "context_encoder", "relative_position", "rotation", "moco"])
+    p.add_argument("method", choices=["denoising", "context_encoder", "split_brain", "relative_position", "rotation",
+                                      "cpc", "moco"])
     p.add_argument("--preset", default="gpu", choices=["smoke", "cpu", "gpu"], help="whose recipe (default gpu)")
     p.add_argument("--out", default="reference", help="folder of the encoder, metrics, manifest and checkpoint")
     p.add_argument("--epochs", type=int, help="default: the recipe's")

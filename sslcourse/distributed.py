@@ -38,7 +38,7 @@ from . import environment
 from .data.batches import normalize, to_float
 
 __all__ = ["Replicas", "SINGLE", "start", "stop", "gather_interleaved", "average_", "broadcast_", "agree", "barrier",
-           "average_buffers", "ShardedBatches", "shard_indices"]
+           "average_buffers", "ShardedBatches", "shard_indices", "device_batches"]
 
 
 @dataclass(frozen=True)
@@ -267,3 +267,15 @@ class ShardedBatches:
 
     def __iter__(self) -> Iterator:
         return self.epoch(0)
+
+
+def device_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, device, replicas: Replicas = SINGLE,
+                   *, shards: int | None = None, **kwargs):
+    """A recipe's loader: :class:`sslcourse.data.DeviceBatches` on one process, or this process's
+    :class:`ShardedBatches` when there are several (or when ``shards`` is given, to compare one process
+    with several). ``batch_size`` is the global batch; ``kwargs`` (augment, views, mean, std, seed) go to either."""
+    if replicas.active or shards is not None:
+        return ShardedBatches(images, labels, batch_size, device, replicas, shards=shards, **kwargs)
+    from .data import DeviceBatches
+
+    return DeviceBatches(images, labels, batch_size, device, **kwargs)

@@ -14,7 +14,8 @@ The recipe's graded functions are the instructor's: they are read from the solut
 (``solutions/<assignment>/<assignment>.ipynb``; :func:`functions_from_notebook`), so the package
 itself holds no solution. What the run leaves in ``--out``:
 
-* ``<method>-<preset>.pt``: the backbone's ``state_dict`` (what students load, ``weights_only``);
+* ``<method>-<preset>.pt``: the backbone's ``state_dict`` (what students load, ``weights_only``; for
+  ``split_brain`` the whole :class:`~sslcourse.recipes.split_brain.SplitBrain`: both halves and their decoders);
 * ``<method>-<preset>.json``: the metrics (kNN, linear probe, label efficiency, the per-epoch
   curve, minutes, images per second, processes and device);
 * ``manifest.json``: every encoder of the folder with its sha256, which the loader checks;
@@ -34,7 +35,7 @@ from . import distributed, evaluate
 from .budget import make_budget
 from .data import load_dataset
 from .files import atomic_write, file_sha256, to_plain, torch_save_atomic
-from .reference_encoder import PROBE_INPUTS
+from .reference_encoder import PROBE_INPUTS, probe_encoder
 from .session import Session, seed_everything
 
 __all__ = ["Method", "METHODS", "functions_from_notebook", "pretrain", "MANIFEST", "add_to_manifest"]
@@ -53,6 +54,10 @@ class Method:
         train: ``train(session, functions, replicas, shards, epochs, checkpoint) -> (backbone, history)``.
         images: ``images(session) -> ImageDataset``: what the recipe trains and is probed on.
         global_batch: ``global_batch(budget) -> int``: images per step, for images per second.
+        probe_input: a key of :data:`sslcourse.reference_encoder.PROBE_INPUTS`, where the probe does not feed
+            the saved network the plain 32-px image.
+        model: a key of :data:`sslcourse.reference_encoder.MODELS`: what the saved weights belong to, where that
+            is not the course backbone (03's two half-networks).
     """
 
     assignment: str
@@ -60,7 +65,8 @@ class Method:
     train: Callable
     images: Callable
     global_batch: Callable
-    probe_input: str | None = None     # a key of reference_encoder.PROBE_INPUTS, where the probe is not on 32-px images
+    probe_input: str | None = None
+    model: str = "backbone"
 
 
 def _moco_train(session, functions, replicas, shards, epochs, checkpoint):
@@ -142,6 +148,34 @@ def _relative_position_train(session, functions, replicas, shards, epochs, check
     return model.encoder, history
 
 
+def _split_brain_train(session, functions, replicas, shards, epochs, checkpoint):
+    from .recipes import split_brain
+
+    model, history = split_brain.run(session, **{name: functions[name] for name in _SPLIT_BRAIN_TRAINING},
+                                     epochs=epochs, live_plot=False, progress=replicas.is_main,
+                                     desc="split-brain pretrain", replicas=replicas, shards=shards,
+                                     checkpoint=checkpoint)
+    return model, history      # both halves and their decoders: the probe reads the halves through the Lab views
+
+
+_SPLIT_BRAIN_TRAINING = ("rgb_to_lab", "split_views", "regression_loss", "split_brain_loss")
+
+
+def _cpc_train(session, functions, replicas, shards, epochs, checkpoint):
+    from .recipes import cpc
+
+    model, history = cpc.run_images(session, **functions, epochs=epochs, live_plot=False, progress=replicas.is_main,
+                                    desc="CPC on images pretrain", replicas=replicas, shards=shards,
+                                    checkpoint=checkpoint)
+    return model.encoder, history
+
+
+def _cpc_batch(budget):
+    from .recipes import cpc
+
+    return cpc.image_batch_size(budget)
+
+
 def _whole_set(session):
     return session.data
 
@@ -153,6 +187,10 @@ METHODS: dict[str, Method] = {
                               _whole_set, lambda budget: budget.batch_size),
     "moco": Method("07_moco", ("moco_step", "moco_infonce", "momentum_update", "enqueue_dequeue"),
                    _moco_train, _moco_images, _moco_batch),
+    "split_brain": Method("03_view_prediction", (*_SPLIT_BRAIN_TRAINING, "split_brain_features"),
+                          _split_brain_train, _whole_set, lambda budget: budget.batch_size, model="split_brain"),
+    "cpc": Method("06_cpc", ("step_scores", "info_nce", "sample_negatives"), _cpc_train, _whole_set, _cpc_batch,
+                  probe_input="upsampled to 64 px"),
     "relative_position": Method("04_patch_position", ("grid_patches", "sample_pairs", "pair_logits"),
                                 _relative_position_train, _whole_set, lambda budget: budget.batch_size,
                                 probe_input="upsampled to 64 px"),
@@ -255,22 +293,23 @@ def pretrain(method: str, *, preset: str = "gpu", out: Path | str = "reference",
             return None
         metrics = None
         if replicas.is_main:
-            metrics = _evaluate_and_save(spec, method, name, backbone, history, session, replicas, shards, out,
-                                         time.perf_counter() - started)
+            metrics = _evaluate_and_save(spec, method, name, backbone, functions, history, session, replicas,
+                                         shards, out, time.perf_counter() - started)
         distributed.barrier(replicas)
         return metrics
     finally:
         distributed.stop(replicas)
 
 
-def _evaluate_and_save(spec: Method, method: str, name: str, backbone, history, session, replicas, shards,
-                       out: Path, seconds: float) -> dict:
-    """Rank 0: kNN, linear probe and label efficiency of the backbone's features, then the encoder, its
-    metrics and the manifest."""
+def _evaluate_and_save(spec: Method, method: str, name: str, backbone, functions, history, session, replicas,
+                       shards, out: Path, seconds: float) -> dict:
+    """Rank 0: kNN, linear probe and label efficiency of the saved network's features (as the students' probe
+    reads them), then the weights, their metrics and the manifest."""
     images = spec.images(session)
     device, budget = session.device, session.budget
     features = PROBE_INPUTS[spec.probe_input] if spec.probe_input else None
-    train_f, test_f = (evaluate.extract_features(backbone, x, mean=images.mean, std=images.std, device=device,
+    encoder = probe_encoder(spec.model, backbone, images, functions)
+    train_f, test_f = (evaluate.extract_features(encoder, x, mean=images.mean, std=images.std, device=device,
                                                  features=features)
                        for x in (images.train_x, images.test_x))
     train_y, test_y = images.train_y.to(train_f.device), images.test_y.to(train_f.device)
@@ -297,7 +336,7 @@ def _evaluate_and_save(spec: Method, method: str, name: str, backbone, history, 
     atomic_write(out / f"{name}.json", lambda p: p.write_text(json.dumps(metrics, indent=1, allow_nan=False)))
     add_to_manifest(out, f"{method}/{budget.name}", {
         "file": weights.name, "sha256": file_sha256(weights), "backbone": budget.backbone, "width": budget.width,
-        "features": spec.probe_input,
+        "model": spec.model, "image_size": images.image_size, "features": spec.probe_input,
         "metrics": {k: metrics[k] for k in ("knn", "linear", "label_efficiency", "dataset", "processes", "device",
                                             "epochs", "minutes")}})
     print(f"sslcourse pretrain {method}: kNN {knn:.1f}%, linear {curve[1.0]:.1f}%, {per_second:.0f} images/s "

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import environment, evaluate, models, results
-from .budget import make_budget
+from torch import nn
 
-__all__ = ["probe", "PROBE_INPUTS"]
+from . import environment, evaluate, models, results
+from .budget import Budget, make_budget
+
+__all__ = ["probe", "PROBE_INPUTS", "MODELS", "PROBE_FUNCTIONS", "probe_encoder"]
 
 
 def _upsampled(encoder, x):
@@ -29,8 +31,43 @@ def _upsampled(encoder, x):
 PROBE_INPUTS: dict[str, Callable] = {"upsampled to 64 px": _upsampled}
 
 
-def probe(method: str, session, *, preset: str = "gpu", source: str | None = None) -> dict | None:
+def _split_brain(budget: Budget, image_size: int) -> nn.Module:
+    from .recipes import split_brain
+
+    return split_brain.new_split_brain(budget, image_size, seed=0)
+
+
+# What a manifest entry's weights belong to ("model"): a new network of that shape, for load_state_dict.
+MODELS: dict[str, Callable[[Budget, int], nn.Module]] = {
+    "backbone": lambda budget, image_size: models.make_backbone(budget),
+    "split_brain": _split_brain,       # 03: two half-width backbones (L and ab) and their decoders
+}
+# The notebook's graded functions a model's probe needs, where the weights alone do not make an image encoder.
+PROBE_FUNCTIONS: dict[str, tuple[str, ...]] = {"split_brain": ("rgb_to_lab", "split_views", "split_brain_features")}
+
+
+def probe_encoder(model_kind: str, network: nn.Module, data, functions: dict | None = None) -> nn.Module:
+    """The image encoder the probes read: ``network`` itself, or for 03 both halves through the Lab views
+    (:class:`sslcourse.recipes.split_brain.ViewFeatures`, with the notebook's own conversion functions)."""
+    needed = PROBE_FUNCTIONS.get(model_kind, ())
+    if not needed:
+        return network
+    missing = [name for name in needed if not callable((functions or {}).get(name))]
+    if missing:
+        raise ValueError(f"probing a {model_kind} encoder needs the notebook's {', '.join(needed)}; "
+                         f"pass functions=dict({', '.join(f'{n}={n}' for n in needed)}) (missing: {', '.join(missing)}).")
+    from .recipes import split_brain
+
+    return split_brain.ViewFeatures(network, split_brain.PARTS[2], mean=data.mean, std=data.std,
+                                    **{name: functions[name] for name in needed})
+
+
+def probe(method: str, session, *, preset: str = "gpu", source: str | None = None,
+          functions: dict | None = None) -> dict | None:
     """Probe the instructor's ``method`` encoder of ``preset`` on ``session.data``; ``None`` if there is none.
+
+    ``functions``: the notebook's functions the probe needs to read the weights as an image encoder (03:
+    ``rgb_to_lab``, ``split_views`` and ``split_brain_features``, the same ones that probe the student's run).
 
     Returns ``{"knn", "linear"}`` (percent, on the student's data) and ``"instructor"``: the metrics the
     instructor's run recorded on its own data (kNN, linear, label efficiency, processes, device).
@@ -40,7 +77,11 @@ def probe(method: str, session, *, preset: str = "gpu", source: str | None = Non
         return None
     try:
         run = results.load_reference_encoder(method, preset, source=source)
-        backbone = run.load_encoder(models.make_backbone(make_budget(run.preset)))
+        kind = run.info.get("model") or "backbone"
+        if kind not in MODELS:
+            raise RuntimeError(f"its manifest names a model {kind!r} this sslcourse does not know "
+                               f"({', '.join(MODELS)}); update sslcourse.")
+        network = run.load_encoder(MODELS[kind](make_budget(run.preset), int(run.info.get("image_size") or 32)))
     except results.ReferenceNotFoundError as error:
         print(f"reference encoder: not loaded. {error}")
         return None
@@ -49,7 +90,8 @@ def probe(method: str, session, *, preset: str = "gpu", source: str | None = Non
         return None
     data = session.data
     features = PROBE_INPUTS.get(run.info.get("features") or "")
-    found = evaluate.evaluate_encoder(backbone, data, session.device, features=features,
+    encoder = probe_encoder(kind, network, data, functions)
+    found = evaluate.evaluate_encoder(encoder, data, session.device, features=features,
                                       linear_iterations=session.budget.pick(smoke=10, cpu=100, gpu=100))
     theirs = run.metrics
     print(f"reference encoder '{method}/{run.preset}' ({run.info.get('backbone')}, trained on "

@@ -327,10 +327,11 @@ def test_rotation_pretrains_on_two_processes(runs):
     assert results.load_reference_encoder("rotation", "smoke", source=out).metrics["processes"] == 2
 
 
-@pytest.mark.parametrize("method", ["denoising", "context_encoder", "relative_position"])
+@pytest.mark.parametrize("method", ["denoising", "context_encoder", "relative_position", "cpc"])
 def test_the_other_recipes_pretrain_on_two_processes(runs, method):
-    """The joint GAN loss of 02 (three networks, one backward), 01's per-process corruptions and 04's per-process
-    patch positions run under DDP; 04's manifest says its probe sees images upsampled to 64 px."""
+    """The joint GAN loss of 02 (three networks, one backward), 01's per-process corruptions, 04's per-process
+    patch positions and 06's per-process negatives run under DDP; 04's and 06's manifests say their probes see
+    images upsampled to 64 px (both encoders learned on 16-px patches of 64-px images)."""
     root, env, _, _ = runs
     out = root / method
     log = _pretrain(out, env, processes=2, method=method)
@@ -340,4 +341,39 @@ def test_the_other_recipes_pretrain_on_two_processes(runs, method):
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in metrics["curve"])
     run = results.load_reference_encoder(method, "smoke", source=out)
     run.load_encoder(make_backbone(make_budget("smoke")))    # the encoder is the course's backbone
-    assert run.info["features"] == ("upsampled to 64 px" if method == "relative_position" else None)
+    assert run.info["model"] == "backbone"
+    assert run.info["features"] == ("upsampled to 64 px" if method in ("relative_position", "cpc") else None)
+
+
+def test_split_brain_pretrains_and_students_probe_both_halves_through_their_own_views(runs, monkeypatch, capsys):
+    """03's weights are two half-networks and their decoders, not the course backbone: the manifest says so, and
+    the notebook's probe reads them through the student's own Lab conversion, as 03 probes the student's run."""
+    from types import SimpleNamespace
+
+    from sslcourse import reference_encoder
+    from sslcourse.data import embedded_digits
+    from sslcourse.pretrain import METHODS
+    from sslcourse.recipes import split_brain
+
+    root, env, _, _ = runs
+    out = root / "split_brain"
+    log = _pretrain(out, env, processes=2, method="split_brain")
+    assert "2 process(es) on cpu (gloo)" in log and "sslcourse pretrain split_brain: kNN" in log
+    run = results.load_reference_encoder("split_brain", "smoke", source=out)
+    assert run.info["model"] == "split_brain" and run.info["image_size"] == 32 and run.metrics["processes"] == 2
+    with pytest.raises(RuntimeError):          # not the course backbone: the state dict does not fit one
+        run.load_encoder(make_backbone(make_budget("smoke")))
+
+    functions = functions_from_notebook(REPO_ROOT / "solutions" / "03_view_prediction" / "03_view_prediction.ipynb",
+                                        METHODS["split_brain"].functions)
+    views = {name: functions[name] for name in reference_encoder.PROBE_FUNCTIONS["split_brain"]}
+    session = SimpleNamespace(data=embedded_digits(256, 128), device=torch.device("cpu"), budget=make_budget("smoke"))
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    monkeypatch.setenv("SSLCOURSE_REFERENCE", str(out))
+    with pytest.raises(ValueError, match="needs the notebook's rgb_to_lab, split_views, split_brain_features"):
+        reference_encoder.probe("split_brain", session, preset="smoke")
+    found = reference_encoder.probe("split_brain", session, preset="smoke", functions=views)
+    assert "reference encoder 'split_brain/smoke'" in capsys.readouterr().out
+    model = run.load_encoder(split_brain.new_split_brain(make_budget("smoke"), 32, seed=0))
+    expected = split_brain.probe(model, split_brain.PARTS[2], session.data, "cpu", make_budget("smoke"), **views)
+    assert found["knn"] == expected["knn"]

@@ -20,6 +20,9 @@ methods (01, 02, 03) share :func:`count_train_images` and :func:`flipped_batches
 """
 from __future__ import annotations
 
+from .. import augment
+from ..distributed import SINGLE, device_batches
+
 
 def lookup_expected(table: dict, budget, dataset: str) -> dict | None:
     """``table[(preset name, dataset)]``, or ``None`` where the course has no measured run.
@@ -35,19 +38,11 @@ def count_train_images(data, budget, limits: dict) -> int:
     return len(data.train_x) if limit is None else min(limit, len(data.train_x))
 
 
-def flipped_batches(data, budget, device, *, limits: dict, flip: float, seed: int = 0, replicas=None,
+def flipped_batches(data, budget, device, *, limits: dict, flip: float, seed: int = 0, replicas=SINGLE,
                     shards: int | None = None):
     """The first :func:`count_train_images` training images as a ``DeviceBatches`` of ``budget.batch_size``,
     in [0, 1] and not normalised (they are also the targets), each flipped horizontally with probability ``flip``.
     With several processes (``replicas``, under ``torchrun``) or ``shards``: a ``ShardedBatches`` instead."""
-    from .. import augment
-    from ..data import DeviceBatches
-    from ..distributed import SINGLE, ShardedBatches
-
-    replicas = replicas or SINGLE
     n = count_train_images(data, budget, limits)
-    if replicas.active or shards is not None:
-        return ShardedBatches(data.train_x[:n], data.train_y[:n], min(budget.batch_size, n), device, replicas,
-                              shards=shards, augment=augment.RandomHorizontalFlip(flip), seed=seed)
-    return DeviceBatches(data.train_x[:n], data.train_y[:n], min(budget.batch_size, n), device,
-                         augment=augment.RandomHorizontalFlip(flip), seed=seed)
+    return device_batches(data.train_x[:n], data.train_y[:n], min(budget.batch_size, n), device, replicas,
+                          shards=shards, augment=augment.RandomHorizontalFlip(flip), seed=seed)

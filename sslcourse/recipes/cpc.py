@@ -40,14 +40,15 @@ from . import lookup_expected
 from .patch_position import upsampled   # whole images and patch grids at 64 px, as 04 trains and probes them
 from .. import augment, evaluate, models, train
 from ..budget import Budget
-from ..data import DeviceBatches, ImageDataset, normalize, to_float
+from ..data import ImageDataset, normalize, to_float
+from ..distributed import SINGLE, Replicas, device_batches
 from ..data.speech import SpeechDataset, log_spectrogram, synthetic_speech
 
 __all__ = ["RECIPE", "NEGATIVE_MODES", "PAPER", "PROBE", "EXPECTED", "expected", "CPCModel", "ChannelNorm",
            "speech_data", "new_cpc", "new_supervised", "SequenceBatches", "loader", "optimizer_and_schedule",
            "cpc_loss", "run", "held_out_steps", "future_scores", "run_supervised", "frame_features",
            "spectrogram_features", "probe_sequences",
-           "zero_predictors", "ImageCPC", "patch_grid", "image_cpc_loss", "run_images", "probe_images", "random_image_encoder"]
+           "zero_predictors", "ImageCPC", "patch_grid", "image_cpc_loss", "image_batch_size", "run_images", "probe_images", "random_image_encoder"]
 
 NEGATIVE_MODES = {   # the negatives ablation (Table 2, lower half): what sample_negatives draws from
     "mixed": "any other step of any sequence in the batch (the paper's 'mixed speaker')",
@@ -494,23 +495,34 @@ def image_cpc_loss(model: ImageCPC, images: torch.Tensor, generator: torch.Gener
     return losses.mean(), accuracies
 
 
+def image_batch_size(budget: Budget) -> int:
+    """Images per step of CPC on images: a step encodes 16 patches per image, so a quarter of the budget's
+    batch keeps a step near the cost of the other notebooks' (at least 8)."""
+    return max(budget.batch_size // 4, 8)
+
+
 def run_images(session, *, step_scores: Callable, info_nce: Callable, sample_negatives: Callable,
                data: ImageDataset | None = None, epochs: int | None = None, live_plot: bool = True,
-               progress: bool = True, deadline_s: float | None = None) -> tuple[ImageCPC, train.History]:
-    """Train :class:`ImageCPC` on the course's images; return ``(model, history)``."""
+               progress: bool = True, desc: str | None = None, deadline_s: float | None = None,
+               replicas: Replicas = SINGLE, shards: int | None = None,
+               checkpoint=None) -> tuple[ImageCPC, train.History]:
+    """Train :class:`ImageCPC` on the course's images; return ``(model, history)``.
+
+    ``replicas``, ``shards``: several processes (``sslcourse pretrain cpc`` under ``torchrun``); each process
+    draws its negatives from its own part of the batch. ``live_plot``, ``progress``, ``desc``, ``deadline_s``
+    and ``checkpoint`` go to :func:`sslcourse.train.fit`."""
     data = data if data is not None else session.data
     budget, device, cfg = session.budget, session.device, RECIPE["image"]
     model = ImageCPC(random_image_encoder(budget, session.seed), cfg["context"], cfg["steps_ahead"])
     limit = budget.pick(**cfg["train_images"])
     n = len(data.train_x) if limit is None else min(limit, len(data.train_x))
-    # A step encodes 16 patches per image: a quarter of the batch keeps the step near the cost of 4 images' worth.
-    batches = DeviceBatches(data.train_x[:n], data.train_y[:n], max(budget.batch_size // 4, 8), device,
-                            augment=augment.RandomHorizontalFlip(cfg["flip"]), mean=data.mean, std=data.std,
-                            seed=session.seed)
+    batches = device_batches(data.train_x[:n], data.train_y[:n], image_batch_size(budget), device, replicas,
+                             shards=shards, augment=augment.RandomHorizontalFlip(cfg["flip"]), mean=data.mean,
+                             std=data.std, seed=session.seed)
     epochs = budget.pick(**cfg["epochs"]) if epochs is None else epochs
     optimizer, scheduler = optimizer_and_schedule(model, epochs, len(batches), lr=cfg["lr"],
                                                   weight_decay=cfg["weight_decay"])
-    generator = torch.Generator(device=device).manual_seed(session.seed + 5)
+    generator = torch.Generator(device=device).manual_seed(session.seed + 5 + 7919 * replicas.rank)
     count = budget.pick(**cfg["negatives"])
 
     def loss_fn(model, batch):
@@ -520,7 +532,8 @@ def run_images(session, *, step_scores: Callable, info_nce: Callable, sample_neg
         return loss, {"acc row+1": accuracies[0], "acc": sum(accuracies) / len(accuracies)}
 
     history = train.fit(model, loss_fn, batches, optimizer, epochs, device=device, scheduler=scheduler,
-                        live_plot=live_plot, progress=progress, desc="CPC on image patches", deadline_s=deadline_s)
+                        live_plot=live_plot, progress=progress, desc=desc or "CPC on image patches",
+                        deadline_s=deadline_s, replicas=replicas, checkpoint=checkpoint)
     return model, history
 
 

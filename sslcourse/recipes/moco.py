@@ -31,7 +31,7 @@ from ..budget import Budget
 from ..contrastive import (batch_shuffle, batch_shuffle_across, batch_unshuffle, batch_unshuffle_across,
                            convert_to_split_batchnorm)
 from ..data import DeviceBatches, ImageDataset
-from ..distributed import SINGLE, Replicas, ShardedBatches, gather_interleaved
+from ..distributed import SINGLE, Replicas, ShardedBatches, device_batches, gather_interleaved
 from ..plots import LivePlot
 
 __all__ = ["MocoRecipe", "RECIPES", "moco_recipe", "MoCo", "new_moco", "MIN_CROP_SCALE", "augmentation", "loader",
@@ -191,11 +191,8 @@ def loader(data: ImageDataset, recipe: MocoRecipe, device, seed: int = 0, *, rep
     With several processes (or ``shards``), each process holds and serves its shards of the data
     (:class:`sslcourse.distributed.ShardedBatches`).
     """
-    if replicas.active or shards is not None:
-        return ShardedBatches(data.train_x, data.train_y, recipe.batch_size, device, replicas, shards=shards,
-                              views=2, augment=augmentation(data), mean=data.mean, std=data.std, seed=seed)
-    return DeviceBatches(data.train_x, data.train_y, recipe.batch_size, device, views=2,
-                         augment=augmentation(data), mean=data.mean, std=data.std, seed=seed)
+    return device_batches(data.train_x, data.train_y, recipe.batch_size, device, replicas, shards=shards, views=2,
+                          augment=augmentation(data), mean=data.mean, std=data.std, seed=seed)
 
 
 def experiment_data(session) -> ImageDataset:

@@ -35,7 +35,7 @@ from . import count_train_images, lookup_expected
 from .. import augment, evaluate, models, train
 from ..budget import Budget
 from ..data import DeviceBatches, ImageDataset, normalize, to_float
-from ..distributed import SINGLE, Replicas, ShardedBatches
+from ..distributed import SINGLE, Replicas, ShardedBatches, device_batches
 
 __all__ = ["NEIGHBOURS", "GEOMETRY", "SETTINGS", "RECIPE", "PROBE", "EXPECTED", "expected", "RelativePositionNet",
            "JigsawNet", "new_relative_position", "new_jigsaw", "random_encoder", "upsampled", "drop_colour",
@@ -175,10 +175,8 @@ def loader(data: ImageDataset, budget: Budget, device, *, images_per_step: int, 
     With several processes (or ``shards``) each process serves its shards (``ShardedBatches``)."""
     n = train_images(data, budget)
     kwargs = dict(augment=augment.RandomHorizontalFlip(RECIPE["flip"]), mean=data.mean, std=data.std, seed=seed)
-    if replicas.active or shards is not None:
-        return ShardedBatches(data.train_x[:n], data.train_y[:n], min(images_per_step, n), device, replicas,
-                              shards=shards, **kwargs)
-    return DeviceBatches(data.train_x[:n], data.train_y[:n], min(images_per_step, n), device, **kwargs)
+    return device_batches(data.train_x[:n], data.train_y[:n], min(images_per_step, n), device, replicas,
+                          shards=shards, **kwargs)
 
 
 def optimizer_and_schedule(model: nn.Module, epochs: int, steps_per_epoch: int):

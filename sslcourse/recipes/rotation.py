@@ -21,7 +21,7 @@ from torch import nn
 from .. import augment, evaluate, models, train
 from ..budget import Budget
 from ..data import DeviceBatches, ImageDataset, normalize, to_float
-from ..distributed import SINGLE, Replicas, ShardedBatches
+from ..distributed import SINGLE, Replicas, ShardedBatches, device_batches
 
 __all__ = ["ROTATION_SETS", "PAPER_CIFAR10", "RECIPE", "PROBE", "RotNet", "random_encoder", "rotnet_epochs",
            "train_images", "loader", "optimizer_and_schedule", "run", "probe_blocks", "rotation_predictions",
@@ -90,10 +90,8 @@ def loader(data: ImageDataset, budget: Budget, angles, device, seed: int = 0, *,
     With several processes (or ``shards``) each process serves its shards (``ShardedBatches``)."""
     n = train_images(data, budget)
     kwargs = dict(augment=augment.RandomHorizontalFlip(RECIPE["flip"]), mean=data.mean, std=data.std, seed=seed)
-    if replicas.active or shards is not None:
-        return ShardedBatches(data.train_x[:n], data.train_y[:n], budget.batch_size // len(angles), device, replicas,
-                              shards=shards, **kwargs)
-    return DeviceBatches(data.train_x[:n], data.train_y[:n], budget.batch_size // len(angles), device, **kwargs)
+    return device_batches(data.train_x[:n], data.train_y[:n], budget.batch_size // len(angles), device, replicas,
+                          shards=shards, **kwargs)
 
 
 def optimizer_and_schedule(model: nn.Module, budget: Budget, epochs: int, steps_per_epoch: int):

@@ -29,6 +29,7 @@ from . import count_train_images, flipped_batches, lookup_expected
 from .. import evaluate, models, train
 from ..budget import Budget
 from ..data import DeviceBatches, ImageDataset, to_float
+from ..distributed import SINGLE, Replicas, ShardedBatches
 from ..plots import LivePlot
 
 __all__ = ["RECIPE", "PROBE", "L_CENTER", "L_SCALE", "AB_SCALE", "XYZ_FROM_RGB", "D65_WHITE", "PARTS", "EXPECTED",
@@ -101,9 +102,12 @@ def train_images(data: ImageDataset, budget: Budget) -> int:
     return count_train_images(data, budget, RECIPE["train_images"])
 
 
-def loader(data: ImageDataset, budget: Budget, device, seed: int = 0) -> DeviceBatches:
-    """Flipped training images in [0, 1] (not normalised: they become Lab), ``budget.batch_size`` per step."""
-    return flipped_batches(data, budget, device, limits=RECIPE["train_images"], flip=RECIPE["flip"], seed=seed)
+def loader(data: ImageDataset, budget: Budget, device, seed: int = 0, *, replicas: Replicas = SINGLE,
+           shards: int | None = None) -> DeviceBatches | ShardedBatches:
+    """Flipped training images in [0, 1] (not normalised: they become Lab), ``budget.batch_size`` per step.
+    With several processes (or ``shards``) each process serves its shards (``ShardedBatches``)."""
+    return flipped_batches(data, budget, device, limits=RECIPE["train_images"], flip=RECIPE["flip"], seed=seed,
+                           replicas=replicas, shards=shards)
 
 
 def optimizer_and_schedule(model: SplitBrain, epochs: int, steps_per_epoch: int):
@@ -136,7 +140,8 @@ def _check_lab(lab, images: torch.Tensor) -> None:
 def run(session, *, rgb_to_lab: Callable, split_views: Callable, regression_loss: Callable,
         split_brain_loss: Callable, data: ImageDataset | None = None, epochs: int | None = None,
         live_plot: bool = True, progress: bool = True, desc: str | None = None,
-        deadline_s: float | None = None) -> tuple[SplitBrain, train.History]:
+        deadline_s: float | None = None, replicas: Replicas = SINGLE, shards: int | None = None,
+        checkpoint=None) -> tuple[SplitBrain, train.History]:
     """Train a split-brain autoencoder with the student's functions; return ``(model, history)``.
 
     Args:
@@ -147,7 +152,8 @@ def run(session, *, rgb_to_lab: Callable, split_views: Callable, regression_loss
         split_brain_loss: ``(model, lab, *, split_views, regression_loss) -> (loss, parts)`` with
             ``parts["L→ab"]`` and ``parts["ab→L"]`` the two halves' losses (exercise 3a).
         data: default ``session.data``. ``epochs``: default ``RECIPE["epochs"]``.
-        live_plot, progress, desc, deadline_s: passed to :func:`sslcourse.train.fit`.
+        live_plot, progress, desc, deadline_s, checkpoint: passed to :func:`sslcourse.train.fit`.
+        replicas, shards: several processes (``sslcourse pretrain split_brain`` under ``torchrun``).
 
     Records per step ``"L→ab"`` and ``"ab→L"``, the two halves' losses.
     """
@@ -155,7 +161,7 @@ def run(session, *, rgb_to_lab: Callable, split_views: Callable, regression_loss
     budget, device = session.budget, session.device
     size = data.train_x.shape[-1]
     model = new_split_brain(budget, size, session.seed)
-    batches = loader(data, budget, device, seed=session.seed)
+    batches = loader(data, budget, device, seed=session.seed, replicas=replicas, shards=shards)
     epochs = budget.pick(**RECIPE["epochs"]) if epochs is None else epochs
     optimizer, scheduler = optimizer_and_schedule(model, epochs, len(batches))
     to_lab, loss32 = _float32(rgb_to_lab), _float32(regression_loss)
@@ -169,7 +175,8 @@ def run(session, *, rgb_to_lab: Callable, split_views: Callable, regression_loss
     desc = desc or "split-brain autoencoder"
     plot = LivePlot(title=desc, ylabel="loss", metrics=("L→ab", "ab→L"), enabled=None if live_plot else False)
     history = train.fit(model, loss_fn, batches, optimizer, epochs, device=device, scheduler=scheduler,
-                        live_plot=plot, progress=progress, desc=desc, deadline_s=deadline_s)
+                        live_plot=plot, progress=progress, desc=desc, deadline_s=deadline_s, replicas=replicas,
+                        checkpoint=checkpoint)
     return model, history
 
 
