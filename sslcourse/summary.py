@@ -25,7 +25,8 @@ from .results import CorruptedRunError, Run, RunNotFoundError, device_descriptio
 
 __all__ = ["Entry", "Encoder", "collect", "references_for", "build_encoder", "encoder_features",
            "Features", "measure_label_efficiency", "complete", "format_table", "family_order", "FAMILY_COLOURS", "plot_probe_bars",
-           "plot_label_efficiency", "plot_embeddings", "plot_retrieval", "plot_training_curves"]
+           "plot_label_efficiency", "plot_embeddings", "plot_retrieval", "plot_training_curves", "PAPERS",
+           "pretext_evidence"]
 
 FAMILY_COLOURS = {"baseline": "tab:gray", "reconstructive": "tab:orange", "predictive": "tab:blue",
                   "contrastive": "tab:green"}
@@ -170,12 +171,19 @@ class Encoder:
 
 
 class _LabViews(nn.Module):
-    """03's split-brain model as an encoder of normalised RGB: Lab from scikit-image, each half on its view."""
+    """03's split-brain model as an encoder of normalised RGB: Lab from scikit-image, each half on its view,
+    scaled as the student's own ``split_views`` scaled it (``scaling``: what 03 measured and saved with the run,
+    :func:`sslcourse.recipes.split_brain.view_scaling`; the course's constants for a run saved without it)."""
 
-    def __init__(self, model: nn.Module, mean, std):
+    def __init__(self, model: nn.Module, mean, std, scaling: Mapping | None = None):
         super().__init__()
         from .recipes.split_brain import AB_SCALE, L_CENTER, L_SCALE
-        self.model, self.scale = model, (L_CENTER, L_SCALE, AB_SCALE)
+        known = isinstance(scaling, Mapping) and all(is_number(scaling.get(k)) and scaling[k] != 0
+                                                     for k in ("L_scale", "ab_scale")) and is_number(
+                                                         scaling.get("L_center"))
+        self.model = model
+        self.scale = ((float(scaling["L_center"]), float(scaling["L_scale"]), float(scaling["ab_scale"])) if known
+                      else (L_CENTER, L_SCALE, AB_SCALE))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
@@ -225,7 +233,7 @@ def build_encoder(entry: Entry, budget: Budget, data, seed: int = 0) -> Encoder:
         raise ValueError(f"{m.label}: the saved weights do not fit the {budget.name} preset's backbone "
                          f"({str(error).splitlines()[0][:160]}); rerun {m.notebook}") from None
     if m.key == "split_brain":
-        module = _LabViews(module, data.mean, data.std)
+        module = _LabViews(module, data.mean, data.std, entry.run.metrics.get("views"))
     return Encoder(module.eval(), features, note)
 
 
@@ -597,3 +605,123 @@ def plot_training_curves(entries: Sequence[Entry], references: Mapping[str, Refe
     fig.suptitle(title or "Training curves per epoch: yours over the reference's (ghost)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------- evidence for the reflection
+
+# The papers' numbers the lecture quotes (../shared/LECTURE.md, sections 4.2.1, 4.2.4, 4.2.5), for question 3.
+PAPERS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("Pathak et al. (2016), context encoders: PASCAL VOC 2007 classification, AlexNet fine-tuned (%)",
+     {"ImageNet labels": "78.2", "random Gaussian init": "53.3", "autoencoder": "53.8",
+      "relative position (Doersch et al.)": "55.3", "context encoder": "56.5"}),
+    ("Gidaris et al. (2018), RotNet on CIFAR-10: classifier on block 2 after 100 epochs (%)",
+     {"4 rotations": "89.06", "8 rotations": "88.51", "0° + 180°": "87.46", "90° + 270°": "85.52"}),
+    ("van den Oord et al. (2018), CPC on LibriSpeech: linear probes, phone / speaker (%)",
+     {"random init": "27.6 / 1.87", "MFCC features": "39.7 / 17.6", "CPC": "64.6 / 97.4",
+      "supervised": "74.6 / 98.5"}),
+)
+
+
+def _row(name: str, pretext, knn, linear, course: str = "", width: int = 48) -> str:
+    cells = (_pct(_number(value)) for value in (pretext, knn, linear))
+    return f"  {_clipped(str(name), width):<{width}} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, (8, 7, 7))) + f"  {course}"
+
+
+def _pretext_rows(entry: Entry, course: Mapping | None) -> list[str]:
+    """The rows of one saved run: each setting's pretext accuracy next to its probes."""
+    metrics, key = entry.run.metrics, entry.method.key
+    if key == "relative_position" and isinstance(metrics.get("settings"), Mapping):
+        known = (course or {}).get("settings", {})
+        return [_row(name, row.get("pretext_accuracy"), row.get("knn"), row.get("linear"),
+                     _course_cell(known.get(name)))
+                for name, row in metrics["settings"].items() if isinstance(row, Mapping)]
+    if key == "jigsaw":
+        return [_row("jigsaw", metrics.get("pretext_accuracy"), entry.knn, entry.linear,
+                     _course_cell((course or {}).get("jigsaw")))]
+    if key == "rotation" and isinstance(metrics.get("rotation_table"), Mapping):
+        rows = []
+        for name, row in metrics["rotation_table"].items():
+            blocks = sorted(int(k[len("linear_block"):]) for k in row if k.startswith("linear_block"))
+            last = blocks[-1] if blocks else None
+            rows.append(_row(f"{name} (last block)", row.get("pretext"), row.get(f"knn_block{last}"),
+                             row.get(f"linear_block{last}"), _paper_cell(row.get("paper_cifar10"))))
+        return rows
+    return []
+
+
+def _paper_cell(value) -> str:
+    return f"paper: {value:g}" if is_number(value) else ""
+
+
+def _course_cell(row) -> str:
+    if not isinstance(row, Mapping):
+        return ""
+    return "course: " + " / ".join(_pct(_number(row.get(k))) for k in ("pretext_accuracy", "knn", "linear"))
+
+
+def _gain_line(label: str, seconds, knn, linear, random_init, whose: str) -> str:
+    minutes = seconds / 60 if is_number(seconds) and seconds > 0 else None
+    parts = []
+    for probe, value in (("kNN", knn), ("linear", linear)):
+        base = (random_init or {}).get(probe.lower() if probe == "kNN" else probe)
+        if is_number(value) and is_number(base):
+            gain = value - base
+            parts.append(f"{probe} {gain:+.1f}" + (f" ({gain / minutes:+.2f}/min)" if minutes else ""))
+        else:
+            parts.append(f"{probe} —")
+    return f"  {label:<28} {_time(seconds):>8}  {'  '.join(parts)}  {whose}"
+
+
+def pretext_evidence(entries: Sequence[Entry], references: Mapping[str, ReferenceRow], budget: Budget | str,
+                     dataset: str) -> str:
+    """What 08's questions 2 and 3 ask for and the one table does not show, as text.
+
+    * the pretext accuracy of every setting of 04 (relative position, jigsaw) and 05 (rotation sets) next to its
+      probes, from the student's saved runs, beside the course's measured numbers (04's ``EXPECTED`` for this
+      preset and dataset) or the paper's (05); where a run is missing, the course's numbers, marked as such;
+    * each method's probe gain over its own random init, and per minute of training (the student's run, or
+      else the reference row ``references[key]``, marked as such);
+    * the papers' numbers the lecture quotes (:data:`PAPERS`).
+    """
+    from .recipes import patch_position
+
+    by_key = {e.method.key: e for e in entries}
+    course = patch_position.expected(budget, dataset) or {}
+    lines = ["Pretext accuracy against the probes (%):",
+             f"  {'run / setting':<48} {'pretext':>8} {'kNN':>7} {'linear':>7}  beside it"]
+    for key in ("relative_position", "jigsaw", "rotation"):
+        entry = by_key.get(key)
+        if entry is None:
+            continue
+        rows = _pretext_rows(entry, course) if entry.ok else []
+        if rows:
+            lines += rows
+            continue
+        lines.append(f"  {entry.label}: {entry.message or 'its run saved no pretext accuracy'}")
+        if key == "relative_position":
+            lines += [_row(name, row.get("pretext_accuracy"), row.get("knn"), row.get("linear"), "the course's run")
+                      for name, row in course.get("settings", {}).items()]
+        elif key == "jigsaw" and course.get("jigsaw"):
+            row = course["jigsaw"]
+            lines.append(_row("jigsaw", row.get("pretext_accuracy"), row.get("knn"), row.get("linear"),
+                              "the course's run"))
+    lines += ["  03's split-brain halves regress colour and lightness (no accuracy); 06 and 07 show theirs while "
+              "training.", "", "Gain over each method's own random init, and per minute of training:"]
+    for entry in entries:
+        if entry.method.family == "baseline":
+            continue
+        if entry.ok:
+            lines.append(_gain_line(entry.label, entry.seconds, entry.knn, entry.linear, entry.random_init, "yours"))
+            continue
+        row = references.get(entry.method.key)
+        if row is not None and row.measured:
+            seconds = row.minutes * 60 if is_number(row.minutes) else None
+            lines.append(_gain_line(entry.label, seconds, row.knn, row.linear, row.random_init,
+                                    f"reference run ({row.preset}, {row.dataset})"))
+        else:
+            lines.append(f"  {entry.label:<28} no run of yours and no reference row")
+    lines += ["", "The papers' numbers (the lecture's tables; other data, networks and protocols than yours):"]
+    for source, table in PAPERS:
+        lines.append(f"  {source}")
+        lines.append("    " + ";  ".join(f"{name} {value}" for name, value in table.items()))
+    return "\n".join(lines)

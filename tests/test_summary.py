@@ -103,6 +103,65 @@ def test_a_broken_or_foreign_run_is_set_aside_with_a_reason(results_dir, data):
         summary.build_encoder(by_key["supervised"], make_budget("cpu"), data)   # width 16 weights, width 32 backbone
 
 
+def test_the_evidence_for_the_reflection_shows_pretext_accuracy_beside_the_probes(results_dir):
+    rows = load_reference()
+    references, _ = summary.references_for(rows, "cpu", "cifar10")
+    alone = summary.pretext_evidence(summary.collect("cpu", "cifar10"), references, "cpu", "cifar10")
+    # no run of the student's: the course's measured settings of 04 and its reference gains, marked as such
+    assert "run 04_patch_position to the end" in alone
+    assert "no gap, no jitter, full colour (the shortcut)        84.2    30.5    48.9  the course's run" in alone
+    moco = references["moco"]
+    gain = moco.knn - moco.random_init["knn"]
+    assert f"kNN {gain:+.1f} ({gain / moco.minutes:+.2f}/min)" in alone and "reference run (cpu, cifar10)" in alone
+    assert "context encoder 56.5" in alone and "4 rotations 89.06" in alone and "CPC 64.6 / 97.4" in alone
+
+    save_fake_runs(SMOKE, "embedded")
+    references, _ = summary.references_for(rows, "smoke", "embedded")
+    shown = summary.pretext_evidence(summary.collect(SMOKE, "embedded"), references, SMOKE, "embedded")
+    assert "no gap, no jitter, full colour (the shortcut)        83.0    13.0    19.5" in shown
+    assert "jigsaw                                               57.0    16.5    22.0" in shown
+    assert "4 rotations (last block)                             71.0    19.0    26.0  paper: 89.06" in shown
+    assert "kNN +4.0 (+80.00/min)  linear +4.0 (+80.00/min)  yours" in shown     # 04: 18 - 14, 24 - 20 in 3 s
+    assert "the course's run" not in shown and "reference run" not in shown
+
+    record = json.loads((results_dir / "smoke" / "05_rotation.json").read_text())
+    record["metrics"]["rotation_table"]["4 rotations"]["pretext"] = "a lot"     # hand-edited: shown as unknown
+    (results_dir / "smoke" / "05_rotation.json").write_text(json.dumps(record))
+    shown = summary.pretext_evidence(summary.collect(SMOKE, "embedded"), references, SMOKE, "embedded")
+    assert f"{'4 rotations (last block)':<48} {'—':>8} {'19.0':>7} {'26.0':>7}" in shown
+
+
+def test_split_brain_halves_see_the_views_the_students_own_split_views_made(results_dir, data):
+    """03 measures its split_views' scaling and saves it; 08 feeds the saved halves those views (and the course's
+    scaling for a run saved without it), so the package does not answer the exercise for 08."""
+    from sslcourse.recipes.split_brain import AB_SCALE, L_CENTER, L_SCALE, view_scaling
+
+    def course_views(lab):
+        return (lab[:, :1] - L_CENTER) / L_SCALE, lab[:, 1:] / AB_SCALE
+
+    measured = view_scaling(course_views)
+    assert measured == pytest.approx({"L_center": L_CENTER, "L_scale": L_SCALE, "ab_scale": AB_SCALE})
+    assert view_scaling(lambda lab: (lab[:, :1] / 100, lab[:, 1:] / 128)) == pytest.approx(
+        {"L_center": 0.0, "L_scale": 100.0, "ab_scale": 128.0})
+    assert view_scaling(lambda lab: (torch.tanh(lab[:, :1]), lab[:, 1:])) is None         # not an affine scaling
+    assert view_scaling(lambda lab: (_ for _ in ()).throw(NotImplementedError())) is None   # an unfinished exercise
+
+    save_fake_runs(SMOKE, "embedded")
+    entry = next(e for e in summary.collect(SMOKE, "embedded") if e.method.key == "split_brain")
+    assert summary.build_encoder(entry, SMOKE, data).module.scale == (L_CENTER, L_SCALE, AB_SCALE)
+    path = results_dir / "smoke" / "03_view_prediction.json"
+    record = json.loads(path.read_text())
+    record["metrics"]["views"] = {"L_center": 0.0, "L_scale": 100.0, "ab_scale": 128.0}
+    path.write_text(json.dumps(record))
+    entry = next(e for e in summary.collect(SMOKE, "embedded") if e.method.key == "split_brain")
+    encoder = summary.build_encoder(entry, SMOKE, data)
+    assert encoder.module.scale == (0.0, 100.0, 128.0)
+    L_inputs = []
+    encoder.module.model.encoder_L.register_forward_pre_hook(lambda module, inputs: L_inputs.append(inputs[0]))
+    summary.encoder_features(encoder, data.test_x[:4], data, "cpu")
+    assert L_inputs[0].min() >= 0 and L_inputs[0].max() <= 1.0, "L / 100 lies in [0, 1], not (L - 50) / 50"
+
+
 def test_references_fall_back_to_the_cpu_rows_with_a_caption():
     rows = load_reference()
     shown, caption = summary.references_for(rows, "smoke", "embedded")

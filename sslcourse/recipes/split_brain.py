@@ -34,7 +34,7 @@ from ..plots import LivePlot
 
 __all__ = ["RECIPE", "PROBE", "L_CENTER", "L_SCALE", "AB_SCALE", "XYZ_FROM_RGB", "D65_WHITE", "PARTS", "EXPECTED",
            "expected", "SplitBrain", "new_split_brain", "train_images", "loader", "optimizer_and_schedule", "run",
-           "ViewFeatures", "probe", "join_views", "colorize", "chroma"]
+           "ViewFeatures", "probe", "view_scaling", "join_views", "colorize", "chroma"]
 
 RECIPE = {   # every constant of the training recipe, one value per budget preset where it differs
     "epochs": {"smoke": 1, "cpu": 15, "gpu": 30},
@@ -218,6 +218,27 @@ def probe(model: SplitBrain, part: str, data: ImageDataset, device, budget: Budg
                            split_brain_features=split_brain_features)
     return evaluate.evaluate_encoder(encoder, data, device, k=PROBE["knn_k"], temperature=PROBE["knn_temperature"],
                                      linear_iterations=budget.pick(**PROBE["linear_iterations"]))
+
+
+def view_scaling(split_views: Callable) -> dict | None:
+    """The affine scaling a ``split_views`` applies, measured: ``{"L_center", "L_scale", "ab_scale"}`` such that
+    ``L_view = (L - L_center) / L_scale`` and ``ab_view = ab / ab_scale``; ``None`` where it is not such a map.
+
+    03 saves it with the run, so that 08_summary feeds the saved halves the views the student's own
+    ``split_views`` made, without the package holding the exercise's answer."""
+    lab = torch.tensor([[0.0, 0.0, 0.0], [100.0, 100.0, -100.0], [50.0, -40.0, 60.0]]).view(3, 3, 1, 1)
+    try:
+        with torch.no_grad():
+            L_view, ab_view = split_views(lab)
+        L_view, ab_view = L_view.double().flatten(1)[:, 0], ab_view.double().flatten(2)[:, :, 0]
+        L_scale = 100.0 / float(L_view[1] - L_view[0])
+        L_center, ab_scale = -float(L_view[0]) * L_scale, 100.0 / float(ab_view[1, 0])
+    except Exception:    # a student's unfinished split_views: 08 falls back to the course's scaling
+        return None
+    expected_L, expected_ab = (lab[:, 0, 0, 0].double() - L_center) / L_scale, lab[:, 1:, 0, 0].double() / ab_scale
+    if not (torch.allclose(L_view, expected_L, atol=1e-4) and torch.allclose(ab_view, expected_ab, atol=1e-4)):
+        return None
+    return {"L_center": L_center, "L_scale": L_scale, "ab_scale": ab_scale}
 
 
 def join_views(L_view: torch.Tensor, ab_view: torch.Tensor) -> torch.Tensor:
