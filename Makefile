@@ -5,7 +5,7 @@
 # what changed, the environment itself is kept).
 #
 #   make lab       JupyterLab on notebooks/ (the student release)
-#   make test      the whole pytest suite (PYTEST_ARGS="-m 'not slow'" for the quick part)
+#   make test      the whole pytest suite, listing the 25 slowest tests (PYTEST_ARGS="-m 'not slow'" for the quick part)
 #   make smoke     run every solution notebook end to end with SSLCOURSE_FAST=1
 #   make release   pin the Colab install to v<version>, regenerate notebooks/ from solutions/ (nbgrader, no gradebook)
 #   make bench     run the benchmarks in bench/
@@ -23,7 +23,7 @@ export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 # JupyterLab refuses to run as root without --allow-root (containers, CI).
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 LAB_ARGS ?=
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25
 # The packages a working environment must hold; an existing .venv without a stamp that
 # already has them is adopted as it is instead of being reinstalled.
 REQUIRED := sslcourse torch torchvision nbgrader jupyterlab nbclient pytest
