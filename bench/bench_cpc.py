@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         record_reference_row(args.record_reference, "cpc", budget=budget, data=images, device=device, seed=args.seed,
                              knn=image_rows["CPC on 4x4 patches"]["knn"], linear=image_rows["CPC on 4x4 patches"]["linear"],
                              train_seconds=image_history.training_seconds, history=image_history,
-                             encoder=image_model.encoder, features=lambda enc, x: enc(cpc.upsampled(x)),
+                             encoder=image_model.encoder, features=cpc.upsampled_features,
                              random_init=image_rows["random init (64-px probe)"], script="bench/bench_cpc.py", argv=argv)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

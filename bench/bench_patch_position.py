@@ -50,7 +50,7 @@ def record(args, method, row, history, model, rows, budget, data, device, argv) 
     """``--record-reference``: the run's row for 08_summary's reference file, probed at 64 px as the notebook does."""
     record_reference_row(args.record_reference, method, budget=budget, data=data, device=device, seed=args.seed,
                          knn=row["knn"], linear=row["linear"], train_seconds=history.training_seconds, history=history,
-                         encoder=model.encoder, features=lambda enc, x: enc(patch_position.upsampled(x)),
+                         encoder=model.encoder, features=patch_position.upsampled_features,
                          random_init=rows["random init"], script="bench/bench_patch_position.py", argv=argv)
 
 

@@ -16,19 +16,14 @@ from torch import nn
 
 from . import environment, evaluate, models, results
 from .budget import Budget, make_budget
+from .recipes.patch_position import upsampled_features
 
 __all__ = ["probe", "PROBE_INPUTS", "MODELS", "PROBE_FUNCTIONS", "probe_encoder"]
 
 
-def _upsampled(encoder, x):
-    from .recipes.patch_position import upsampled
-
-    return encoder(upsampled(x))
-
-
 # How a method's encoder sees whole images when it is probed, where that is not the plain 32-px image: the
 # manifest entry's "features" names one of these (04's encoder learned on patches of images resized to 64 px).
-PROBE_INPUTS: dict[str, Callable] = {"upsampled to 64 px": _upsampled}
+PROBE_INPUTS: dict[str, Callable] = {"upsampled to 64 px": upsampled_features}
 
 
 def _split_brain(budget: Budget, image_size: int) -> nn.Module:

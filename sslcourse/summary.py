@@ -20,6 +20,7 @@ from torch import nn
 
 from . import evaluate, models
 from .budget import Budget
+from .recipes.patch_position import upsampled_features
 from .reference import FAMILIES, FRACTIONS, METHODS, Method, ReferenceRow, curve_from_history, is_number, primary
 from .results import CorruptedRunError, Run, RunNotFoundError, device_description, load_run
 
@@ -197,11 +198,6 @@ class _LabViews(nn.Module):
         return torch.cat([self.model.encoder_L(L_view), self.model.encoder_ab(ab_view)], dim=1).float()
 
 
-def _upsampled_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from .recipes.patch_position import upsampled
-    return encoder(upsampled(x))
-
-
 def build_encoder(entry: Entry, budget: Budget, data, seed: int = 0) -> Encoder:
     """The encoder of ``entry`` with its saved weights, fed as its notebook probed it.
 
@@ -225,7 +221,7 @@ def build_encoder(entry: Entry, budget: Budget, data, seed: int = 0) -> Encoder:
     else:
         module = models.make_backbone(budget)
         upsample = m.key in ("relative_position", "jigsaw", "cpc")
-        features = _upsampled_features if upsample else None
+        features = upsampled_features if upsample else None
         note = "whole images resized to 64 px, as its notebook probed it" if upsample else "pooled last block"
     try:
         entry.run.load_encoder(module)

@@ -38,7 +38,7 @@ from ..data import DeviceBatches, ImageDataset, normalize, to_float
 from ..distributed import SINGLE, Replicas, ShardedBatches, device_batches
 
 __all__ = ["NEIGHBOURS", "GEOMETRY", "SETTINGS", "RECIPE", "PROBE", "EXPECTED", "expected", "RelativePositionNet",
-           "JigsawNet", "new_relative_position", "new_jigsaw", "random_encoder", "upsampled", "drop_colour",
+           "JigsawNet", "new_relative_position", "new_jigsaw", "random_encoder", "upsampled", "upsampled_features", "drop_colour",
            "candidate_permutations", "train_images", "loader", "optimizer_and_schedule", "run_relative_position",
            "run_jigsaw", "probe", "pair_predictions", "relative_position_accuracy", "jigsaw_accuracy"]
 
@@ -133,6 +133,14 @@ def upsampled(images: torch.Tensor) -> torch.Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def upsampled_features(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The probe's input for an encoder trained on patches of 64-px images: ``encoder(upsampled(images))``.
+
+    04's and 06's image encoders, their reference checkpoints and 08's comparison all probe through this one
+    function, so they see whole images at the scale the patches were cut from."""
+    return encoder(upsampled(images))
 
 
 def drop_colour(patches: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -292,7 +300,7 @@ def run_jigsaw(session, permutations: torch.Tensor, setting: dict | None = None,
 def probe(encoder: nn.Module, data: ImageDataset, device, budget: Budget) -> dict:
     """``{"knn": %, "linear": %}`` of the pooled encoder on whole images resized like the patches' images
     (:func:`upsampled`): kNN (k=200, T=0.1) and the linear probe of :mod:`sslcourse.evaluate`."""
-    return evaluate.evaluate_encoder(encoder, data, device, features=lambda enc, x: enc(upsampled(x)),
+    return evaluate.evaluate_encoder(encoder, data, device, features=upsampled_features,
                                      k=PROBE["knn_k"], temperature=PROBE["knn_temperature"],
                                      linear_iterations=budget.pick(**PROBE["linear_iterations"]))
 
