@@ -248,8 +248,8 @@ def predict_steps(z: torch.Tensor, c: torch.Tensor, predictors: nn.ModuleList, n
         context = c[:, :steps - k].reshape(-1, c.shape[-1])                          # c_t: [M, H]
         positive = z[:, k:].reshape(-1, 1, dim)                                       # z_{t+k}: [M, 1, D]
         index = negatives[:, k:].reshape(-1)
-        # index_select rather than flat[index]: its backward is an index_add, many times faster on a CPU than
-        # the accumulating index_put that plain indexing needs (measured: most of a training step's time)
+        # index_select rather than flat[index]: its backward is an index_add, faster on a CPU than the
+        # accumulating index_put that plain indexing needs (measured: a cpu training step 0.43 s -> 0.36 s)
         drawn = flat.index_select(0, index).view(-1, negatives.shape[-1], dim)       # [M, n, D]
         candidates = torch.cat([positive, drawn], dim=1).float()
         with torch.autocast(z.device.type, enabled=False):   # the scores and the softmax over candidates in float32
