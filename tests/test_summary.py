@@ -114,13 +114,14 @@ def test_the_evidence_for_the_reflection_shows_pretext_accuracy_beside_the_probe
     gain = moco.knn - moco.random_init["knn"]
     assert f"kNN {gain:+.1f} ({gain / moco.minutes:+.2f}/min)" in alone and "reference run (cpu, cifar10)" in alone
     assert "context encoder 56.5" in alone and "4 rotations 89.06" in alone and "CPC 64.6 / 97.4" in alone
+    assert "colorization 39.6;  CPC v1 48.7" in alone     # the ImageNet figures 06's question 3 quotes
 
     save_fake_runs(SMOKE, "embedded")
     references, _ = summary.references_for(rows, "smoke", "embedded")
     shown = summary.pretext_evidence(summary.collect(SMOKE, "embedded"), references, SMOKE, "embedded")
     assert "no gap, no jitter, full colour (the shortcut)        83.0    13.0    19.5" in shown
     assert "jigsaw                                               57.0    16.5    22.0" in shown
-    assert "4 rotations (last block)                             71.0    19.0    26.0  paper: 89.06" in shown
+    assert "4 rotations (last block)                             71.0    19.0    26.0  paper, non-linear on block 2: 89.06" in shown
     assert "kNN +4.0 (+80.00/min)  linear +4.0 (+80.00/min)  yours" in shown     # 04: 18 - 14, 24 - 20 in 3 s
     assert "the course's run" not in shown and "reference run" not in shown
 
