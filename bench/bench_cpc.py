@@ -4,6 +4,7 @@ its Tables 1 and 2, and CPC on image patches of real CIFAR-10, probed like every
     python bench/bench_cpc.py --preset cpu               # the notebook's cpu preset, ~8 min on 2 free cores
     python bench/bench_cpc.py --preset cpu --seed 1      # a second seed: the run-to-run noise
     python bench/bench_cpc.py --preset gpu --minutes 1   # the gpu preset, each training capped at 1 min
+    python bench/bench_cpc.py --preset cpu --only-ablations --no-images   # Table 2 alone, with its own wall time
 
 **Same code path as the notebook.** Training and probes are ``sslcourse.recipes.cpc`` (``run``, ``run_supervised``,
 ``held_out_steps``, ``probe_sequences``, ``run_images``, ``probe_images``), the functions the notebook's locked cells
@@ -53,9 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's RECIPE['epochs']")
     parser.add_argument("--no-ablations", action="store_true", help="only the main run and Table 1")
+    parser.add_argument("--only-ablations", action="store_true", help="only Table 2 (no main run, no Table 1)")
     parser.add_argument("--no-images", action="store_true")
     add_record_flag(parser)
     args = parser.parse_args(argv)
+    if args.no_ablations and args.only_ablations:
+        parser.error("--no-ablations and --only-ablations exclude each other")
 
     started = time.perf_counter()
     device = torch.device(args.device or ("cuda" if args.preset == "gpu" else "cpu"))
@@ -85,28 +89,34 @@ def main(argv: list[str] | None = None) -> None:
         kwargs.setdefault("epochs", args.epochs)
         model, history = cpc.run(session, speech, **fns, **quiet, **kwargs)
         last = history.epochs[-1]
-        name = ", ".join(f"{key}={value}" for key, value in kwargs.items() if key != "epochs") or "main"
+        name = ", ".join(f"{key}={value}" for key, value in kwargs.items() if key not in ("epochs", "negatives")) or "main"
         print(f"  CPC {name}: {len(history.losses)} steps in {history.training_seconds:.0f} s, last epoch "
               f"loss {last['loss']:.3f}, acc k=1 {last['acc k=1']:.3f}, mean acc {last['acc']:.3f}", flush=True)
         return model, history
 
-    main_model, main_history = train()
-    per_step = cpc.held_out_steps(main_model, speech, device, budget, **fns)
-    supervised, supervised_history = cpc.run_supervised(session, speech, encode_and_context=fns["encode_and_context"], **quiet)
-    print(f"  supervised: {supervised_history.training_seconds:.0f} s, last epoch phone acc "
-          f"{supervised_history.epochs[-1]['phone acc']:.3f}, speaker acc {supervised_history.epochs[-1]['speaker acc']:.3f}")
-    table1 = {"random init": probe(cpc.new_cpc(budget, args.seed)),
-              "spectrogram": cpc.probe_sequences(cpc.spectrogram_features(speech.train_x),
-                                                 cpc.spectrogram_features(speech.test_x), speech, budget),
-              "CPC": probe(main_model), "supervised": probe(supervised)}
-    steps, negatives = {}, {}
+    table1, per_step = {}, None
+    if not args.only_ablations:
+        main_model, main_history = train()
+        per_step = cpc.held_out_steps(main_model, speech, device, budget, **fns)
+        supervised, supervised_history = cpc.run_supervised(session, speech, encode_and_context=fns["encode_and_context"],
+                                                            **quiet)
+        print(f"  supervised: {supervised_history.training_seconds:.0f} s, last epoch phone acc "
+              f"{supervised_history.epochs[-1]['phone acc']:.3f}, speaker acc "
+              f"{supervised_history.epochs[-1]['speaker acc']:.3f}")
+        table1 = {"random init": probe(cpc.new_cpc(budget, args.seed)),
+                  "spectrogram": cpc.probe_sequences(cpc.spectrogram_features(speech.train_x),
+                                                     cpc.spectrogram_features(speech.test_x), speech, budget),
+                  "CPC": probe(main_model), "supervised": probe(supervised)}
+    steps, negatives, table2_seconds = {}, {}, None
     if not args.no_ablations:   # every run of Table 2 at the ablation budget, the recipe's K and mode included
-        ablation_epochs = budget.pick(**R["ablation_epochs"])
+        table2_started = time.perf_counter()
+        ablation = {"epochs": budget.pick(**R["ablation_epochs"]), "negatives": budget.pick(**R["ablation_negatives"])}
         for k in budget.pick(**R["step_ablation"]):
-            steps[k] = probe(train(steps_ahead=k, epochs=ablation_epochs)[0])
+            steps[k] = probe(train(steps_ahead=k, **ablation)[0])
         for mode in cpc.NEGATIVE_MODES:
             negatives[mode] = steps[R["steps_ahead"]] if mode == R["negative_mode"] and R["steps_ahead"] in steps \
-                else probe(train(mode=mode, epochs=ablation_epochs)[0])
+                else probe(train(mode=mode, **ablation)[0])
+        table2_seconds = time.perf_counter() - table2_started
     image_rows = {}
     if images is not None:
         print(f"images: {images!r} ({images.note})")
@@ -126,15 +136,17 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(cpu_bf16.describe())
 
-    print(f"\nTable 1 ({speech.num_phones} phones, {speech.num_speakers} speakers; chance {100 / speech.num_phones:.1f}% "
-          f"and {100 / speech.num_speakers:.1f}%)")
-    print(f"{'features':<14} {'phone':>7} {'speaker':>8}")
-    for name, row in table1.items():
-        print(f"{name:<14} {row['phone']:6.1f}% {row['speaker']:7.1f}%")
-    print(f"main run: {main_history.training_seconds:.0f} s; held-out accuracy per step k: "
-          + ", ".join(f"{100 * a:.1f}" for a in per_step["accuracy"]) + f" (chance {100 / per_step['candidates']:.1f}%)")
+    print(f"\n{speech.num_phones} phones, {speech.num_speakers} speakers; chance {100 / speech.num_phones:.1f}% "
+          f"and {100 / speech.num_speakers:.1f}%")
+    if table1:
+        print(f"Table 1\n{'features':<14} {'phone':>7} {'speaker':>8}")
+        for name, row in table1.items():
+            print(f"{name:<14} {row['phone']:6.1f}% {row['speaker']:7.1f}%")
+        print(f"main run: {main_history.training_seconds:.0f} s; held-out accuracy per step k: "
+              + ", ".join(f"{100 * a:.1f}" for a in per_step["accuracy"]) + f" (chance {100 / per_step['candidates']:.1f}%)")
     if steps:
-        print("\nTable 2, steps predicted: " + "; ".join(f"K={k}: phone {r['phone']:.1f}%, speaker {r['speaker']:.1f}%"
+        print(f"\nTable 2 ({ablation['epochs']} epochs, {ablation['negatives']} negatives per run; wall {table2_seconds:.0f} s), "
+              "steps predicted: " + "; ".join(f"K={k}: phone {r['phone']:.1f}%, speaker {r['speaker']:.1f}%"
                                                       for k, r in steps.items()))
         print("Table 2, negatives: " + "; ".join(f"{m}: phone {r['phone']:.1f}%, speaker {r['speaker']:.1f}%"
                                                  for m, r in negatives.items()))

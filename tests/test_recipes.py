@@ -9,6 +9,7 @@ import ast
 import dataclasses
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -676,6 +677,18 @@ def test_cpc_run_uses_the_functions_passed_in_and_records_the_accuracies(cpc_fun
     assert {"acc k=1", "acc k=3", "acc"} <= set(record) and 0 <= record["acc"] <= 1
     with pytest.raises(ValueError, match="mode must be one of"):
         cpc.run(session, cpc_speech, mode="future", epochs=1, live_plot=False, progress=False, **cpc_functions)
+
+
+def test_a_fresh_cpc_model_leaves_chance_from_its_first_steps(cpc_functions, cpc_speech):
+    """The encoder ends in a ChannelNorm: z at unit scale, so the loss starts falling at once. Without it (z at a
+    quarter of that scale) this run was still within 0.15 nats of log N after 32 steps, and a 250-step Table 2 run
+    at K = 12 never left log N (bench/RESULTS.md, 06_cpc)."""
+    session = Session(budget=make_budget("smoke", "test"), device=torch.device("cpu"), seed=0, data=None)
+    model, history = cpc.run(session, cpc_speech, steps_ahead=4, negatives=16, epochs=8, live_plot=False,
+                             progress=False, **cpc_functions)
+    assert isinstance(model.encoder[-1], cpc.ChannelNorm)
+    chance, last = math.log(17), sum(history.losses[-8:]) / 8
+    assert last < chance - 0.3, f"the loss of the last 8 of 32 steps is {last:.3f}, chance is log 17 = {chance:.3f}"
 
 
 def test_a_wrong_shape_from_a_student_function_names_the_exercise(cpc_functions, cpc_speech):

@@ -22,22 +22,22 @@ probe: a random-init encoder < the log spectrogram (the stand-in for MFCC) < a C
 off one frame linearly with ease, because speakers shift all formants by up to ±20 % and noise hides the weaker
 ones; a model with context (CPC's GRU) can infer the speaker and the phone sequence. Measured with the cpu preset of
 ``06_cpc`` (2,000 + 500 utterances of 0.64 s; linear probes, test accuracy %, seeds 0 / 1; CPC 1,000 steps of 16
-sequences, about 8 minutes on 2 CPU cores; ``bench/RESULTS.md`` "06_cpc"):
+sequences, about 7 minutes on 2 CPU cores; ``bench/RESULTS.md`` "06_cpc"):
 
 ==========================================  ===========  =============
 features                                    phone        speaker
 ==========================================  ===========  =============
-random encoder + GRU                        24.1 / 21.3  15.6 / 29.4
+random encoder + GRU                        23.2 / 20.3  15.6 / 30.0
 log spectrogram                             52.7 / 44.3  63.4 / 72.8
-CPC context c_t                             54.1 / 46.5  58.0 / 44.0
-supervised (both labels, 500 updates)       57.0 / 46.2  35.6 / 56.0
+CPC context c_t                             53.0 / 46.6  61.0 / 62.2
+supervised (both labels, 500 updates)       57.1 / 48.0  48.4 / 61.8
 ==========================================  ===========  =============
 
-CPC is above the spectrogram on the phone with both seeds, by 1-2 points. On the speaker it gains 15-42 points over
-random init, but the time-averaged spectrogram (a long-term spectrum: with 31-Hz bins it resolves the harmonics, so
-it shows the pitch and the formant scale that define these speakers) stays ahead, unlike the paper's MFCCs, which
-drop the harmonics. An MFCC-like baseline (40 log-mel bands and a DCT, from the same ``torch.stft``) was measured
-too and rejected: it reads the phone better than the log spectrogram (56.5 / 48.3 with 13 coefficients), which
+CPC is above the spectrogram on the phone with both seeds, narrowly (0.3 and 2.3 points). On the speaker it gains
+32-45 points over random init, but the time-averaged spectrogram (a long-term spectrum: with 31-Hz bins it resolves
+the harmonics, so it shows the pitch and the formant scale that define these speakers) stays ahead, unlike the
+paper's MFCCs, which drop the harmonics. An MFCC-like baseline (40 log-mel bands and a DCT, from the same
+``torch.stft``) was measured too and rejected: it reads the phone better than the log spectrogram (56.5 / 48.3 with 13 coefficients), which
 would put the hand-crafted features above CPC on both labels.
 
 Labels are aligned with a downsampling of ``hop`` samples (80 = 10 ms at 8 kHz; the paper uses
