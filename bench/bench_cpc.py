@@ -1,7 +1,7 @@
 """Benchmark: Contrastive Predictive Coding (van den Oord et al., 2018) on the synthetic speech set, the shape of
 its Tables 1 and 2, and CPC on image patches of real CIFAR-10, probed like every method of the course.
 
-    python bench/bench_cpc.py --preset cpu               # the notebook's cpu preset, ~8 min on 2 free cores
+    python bench/bench_cpc.py --preset cpu               # the notebook's cpu preset, ~25 min on 2 free cores
     python bench/bench_cpc.py --preset cpu --seed 1      # a second seed: the run-to-run noise
     python bench/bench_cpc.py --preset gpu --minutes 1   # the gpu preset, each training capped at 1 min
     python bench/bench_cpc.py --preset cpu --only-ablations --no-images   # Table 2 alone, with its own wall time
