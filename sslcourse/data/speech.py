@@ -37,8 +37,8 @@ CPC is above the spectrogram on the phone with both seeds, narrowly (0.3 and 2.3
 32-45 points over random init, but the time-averaged spectrogram (a long-term spectrum: with 31-Hz bins it resolves
 the harmonics, so it shows the pitch and the formant scale that define these speakers) stays ahead, unlike the
 paper's MFCCs, which drop the harmonics. An MFCC-like baseline (40 log-mel bands and a DCT, from the same
-``torch.stft``) was measured too and rejected: it reads the phone better than the log spectrogram (56.5 / 48.3 with 13 coefficients), which
-would put the hand-crafted features above CPC on both labels.
+``torch.stft``) was measured too and rejected: it reads the phone better than the log spectrogram (56.5 / 48.3 with
+13 coefficients), which would put the hand-crafted features above CPC on both labels.
 
 Labels are aligned with a downsampling of ``hop`` samples (80 = 10 ms at 8 kHz; the paper uses
 160 at 16 kHz): ``phone[n, j]`` is the phone of samples ``[j * hop, (j + 1) * hop)``.

@@ -285,13 +285,14 @@ def cpc_loss(model: CPCModel, waves: torch.Tensor, generator: torch.Generator, *
 
 def run(session, data: SpeechDataset, *, encode_and_context: Callable, step_scores: Callable, info_nce: Callable,
         sample_negatives: Callable, steps_ahead: int | None = None, mode: str | None = None,
-        negatives: int | None = None, epochs: int | None = None, live_plot: bool = True, progress: bool = True, desc: str | None = None,
-        deadline_s: float | None = None) -> tuple[CPCModel, train.History]:
+        negatives: int | None = None, epochs: int | None = None, live_plot: bool = True, progress: bool = True,
+        desc: str | None = None, deadline_s: float | None = None) -> tuple[CPCModel, train.History]:
     """Train CPC on ``data``'s training sequences; return ``(model, history)``.
 
     ``steps_ahead`` (K, default ``RECIPE["steps_ahead"]``) and ``mode`` (one of :data:`NEGATIVE_MODES`) are what
-    the two ablations vary; ``negatives`` (N - 1, default ``RECIPE["negatives"]``) and ``epochs`` set their budget. Records per step ``"acc k=1"`` and ``"acc k=K"``, the prediction accuracies of the
-    nearest and the farthest step, and ``"acc"`` their mean over k.
+    the two ablations vary; ``negatives`` (N - 1, default ``RECIPE["negatives"]``) and ``epochs`` set their budget.
+    Records per step ``"acc k=1"`` and ``"acc k=K"``, the prediction accuracies of the nearest and the farthest step,
+    and ``"acc"`` their mean over k.
     """
     budget, device = session.budget, session.device
     k = RECIPE["steps_ahead"] if steps_ahead is None else steps_ahead
